@@ -1,0 +1,258 @@
+//! The `pipe` command line: `run`, `validate`, `graph` and `stages`.
+//!
+//! [`main`] takes the registry as an argument, so a crate with stages of its own builds a `pipe`
+//! of its own in three lines (see `examples/custom_stage.rs`).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use slog::{error, info, warn};
+
+use crate::compiler::{self, CompiledPipeline};
+use crate::config::diagnostic::Diagnostics;
+use crate::config::duration;
+use crate::logging::{self, LogFormat, LogLevel};
+use crate::registry::{Registry, StageKind};
+use crate::topology::{self, RunOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pipe",
+    version,
+    about = "Runs pipelines of sources, transforms and sinks described in YAML"
+)]
+struct Cli {
+    /// The least severe log records to write to standard error.
+    #[arg(long, global = true, value_enum, default_value = "info")]
+    log_level: LogLevel,
+    /// How log records are written.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline until its sources finish, or until SIGINT/SIGTERM and a graceful drain.
+    Run {
+        /// The pipeline file.
+        file: PathBuf,
+        /// How long in-flight events may take to drain after a stop signal.
+        #[arg(long, default_value = "30s", value_parser = duration::parse)]
+        grace: Duration,
+        /// Events each stage's input channel holds before upstream stages wait.
+        #[arg(long, default_value_t = RunOptions::default().channel_capacity)]
+        buffer: usize,
+    },
+    /// Check pipeline files and print every problem; exit 1 if any has an error.
+    Validate {
+        /// The pipeline files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print a pipeline's stage graph in Graphviz DOT.
+    Graph {
+        /// The pipeline file.
+        file: PathBuf,
+    },
+    /// List the stage types this binary knows, with their settings.
+    Stages,
+}
+
+/// Parses the command line and runs it with the stages in `registry`.
+pub fn main(registry: Registry) -> ExitCode {
+    let cli = Cli::parse();
+    let logger = logging::logger(cli.log_level, cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            error!(logger, "cannot start the async runtime"; "error" => %e);
+            return ExitCode::FAILURE;
+        }
+    };
+    // Stages may create clients that need a runtime while they build, so everything runs in it.
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run {
+                file,
+                grace,
+                buffer,
+            } => run(&registry, &logger, file, grace, buffer).await,
+            Command::Validate { files } => validate(&registry, &logger, &files),
+            Command::Graph { file } => graph(&registry, &logger, file),
+            Command::Stages => {
+                print!("{}", describe_stages(&registry));
+                ExitCode::SUCCESS
+            }
+        }
+    })
+}
+
+fn load(
+    registry: &Registry,
+    logger: &slog::Logger,
+    file: &std::path::Path,
+) -> Option<CompiledPipeline> {
+    match compiler::load(file, registry, logger) {
+        Ok(pipeline) => {
+            for warning in &pipeline.warnings {
+                eprintln!("{warning}");
+            }
+            Some(pipeline)
+        }
+        Err(diagnostics) => {
+            print_diagnostics(&diagnostics);
+            None
+        }
+    }
+}
+
+fn print_diagnostics(diagnostics: &Diagnostics) {
+    for diagnostic in &diagnostics.0 {
+        eprintln!("{diagnostic}");
+    }
+    let errors = diagnostics.errors().count();
+    eprintln!("{errors} error{}", if errors == 1 { "" } else { "s" });
+}
+
+async fn run(
+    registry: &Registry,
+    logger: &slog::Logger,
+    file: PathBuf,
+    grace: Duration,
+    buffer: usize,
+) -> ExitCode {
+    let Some(pipeline) = load(registry, logger, &file) else {
+        return ExitCode::FAILURE;
+    };
+    let options = RunOptions {
+        grace,
+        channel_capacity: buffer,
+    };
+    let signal_logger = logger.clone();
+    let shutdown = async move {
+        let signal = stop_signal().await;
+        info!(signal_logger, "received {signal}");
+    };
+    match topology::run(pipeline, options, shutdown, logger).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(logger, "pipeline failed"; "error" => %e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM and names it.
+async fn stop_signal() -> &'static str {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return "SIGINT";
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}
+
+fn validate(registry: &Registry, logger: &slog::Logger, files: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for file in files {
+        match compiler::load(file, registry, logger) {
+            Ok(pipeline) => {
+                for warning in &pipeline.warnings {
+                    eprintln!("{warning}");
+                }
+                println!("{}: ok ({} stages)", file.display(), pipeline.stages.len());
+            }
+            Err(diagnostics) => {
+                print_diagnostics(&diagnostics);
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn graph(registry: &Registry, logger: &slog::Logger, file: PathBuf) -> ExitCode {
+    match load(registry, logger, &file) {
+        Some(pipeline) => {
+            print!("{}", to_dot(&pipeline));
+            ExitCode::SUCCESS
+        }
+        None => {
+            warn!(logger, "no graph: the pipeline is not valid");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The pipeline as a Graphviz digraph, data flowing left to right.
+pub fn to_dot(pipeline: &CompiledPipeline) -> String {
+    fn quote(text: &str) -> String {
+        format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+    let mut dot = String::new();
+    let _ = writeln!(dot, "digraph {} {{", quote(&pipeline.name));
+    dot.push_str("  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n");
+    for stage in &pipeline.stages {
+        let shape = match stage.kind {
+            StageKind::Source => "invhouse",
+            StageKind::Transform => "box",
+            StageKind::Sink => "house",
+        };
+        let label = format!("{}\n{} {}", stage.id, stage.type_name, stage.kind);
+        let _ = writeln!(
+            dot,
+            "  {} [label={}, shape={shape}];",
+            quote(&stage.id),
+            quote(&label).replace('\n', "\\n")
+        );
+    }
+    for stage in &pipeline.stages {
+        for input in &stage.inputs {
+            let _ = writeln!(dot, "  {} -> {};", quote(input), quote(&stage.id));
+        }
+    }
+    dot.push_str("}\n");
+    dot
+}
+
+/// The text of `pipe stages`.
+pub fn describe_stages(registry: &Registry) -> String {
+    let mut out = String::new();
+    for kind in [StageKind::Source, StageKind::Transform, StageKind::Sink] {
+        let _ = writeln!(out, "{}:", kind.section());
+        let mut any = false;
+        for registration in registry.iter().filter(|r| r.kind == kind) {
+            any = true;
+            let _ = writeln!(
+                out,
+                "  {:<14} {}",
+                registration.type_name, registration.description
+            );
+            let fields = if registration.fields.is_empty() {
+                "(none)".to_owned()
+            } else {
+                registration.fields.join(", ")
+            };
+            let _ = writeln!(out, "  {:<14} settings: {fields}", "");
+        }
+        if !any {
+            out.push_str("  (none)\n");
+        }
+    }
+    out
+}

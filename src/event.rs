@@ -1,0 +1,84 @@
+//! The unit of data that flows through a pipeline.
+//!
+//! An [`Event`] is a map of JSON-like fields plus an optional acknowledgement handle. Stages read and
+//! change the fields; the handle rides along untouched so the source that emitted the event learns
+//! when it has been fully handled (see [`crate::ack`]).
+
+use serde_json::{Map, Value};
+
+use crate::ack::{AckHandle, AckStatus};
+
+/// The fields of an event: a JSON object.
+pub type Fields = Map<String, Value>;
+
+/// One record flowing through the pipeline.
+///
+/// Cloning an event (as fan-out does) clones its acknowledgement handle too: the source is told
+/// only once every copy has been finished.
+#[derive(Debug, Clone, Default)]
+pub struct Event {
+    fields: Fields,
+    ack: Option<AckHandle>,
+}
+
+impl Event {
+    /// An event with these fields and no acknowledgement handle.
+    pub fn new(fields: Fields) -> Self {
+        Self { fields, ack: None }
+    }
+
+    /// Attaches the handle a source got from [`crate::ack::Acknowledger::track`].
+    #[must_use]
+    pub fn with_ack(mut self, ack: AckHandle) -> Self {
+        self.ack = Some(ack);
+        self
+    }
+
+    pub fn fields(&self) -> &Fields {
+        &self.fields
+    }
+
+    pub fn fields_mut(&mut self) -> &mut Fields {
+        &mut self.fields
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.fields.get(key)
+    }
+
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) -> Option<Value> {
+        self.fields.insert(key.into(), value.into())
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<Value> {
+        self.fields.remove(key)
+    }
+
+    /// Separates the fields from the acknowledgement handle, so that a batching sink can keep
+    /// the small handle until its write is durable and let the payload go.
+    pub fn into_parts(self) -> (Fields, Option<AckHandle>) {
+        (self.fields, self.ack)
+    }
+
+    /// A sink calls this once the event is durably stored ([`AckStatus::Delivered`]) or has
+    /// definitely failed ([`AckStatus::Failed`]).
+    pub fn finish(self, status: AckStatus) {
+        if let Some(ack) = self.ack {
+            ack.finish(status);
+        }
+    }
+
+    /// A transform calls this to drop an event on purpose (a filter, say). Counts as handled.
+    ///
+    /// An event dropped without `finish` or `discard` (a stage crashed, or the grace period ran
+    /// out) is reported to its source as failed, so nothing is ever committed on its behalf.
+    pub fn discard(self) {
+        self.finish(AckStatus::Delivered);
+    }
+}
+
+impl From<Fields> for Event {
+    fn from(fields: Fields) -> Self {
+        Self::new(fields)
+    }
+}

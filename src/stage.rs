@@ -1,0 +1,117 @@
+//! The three kinds of stage and what the executor hands each of them.
+//!
+//! A [`Source`] produces events into an [`Output`] until it runs dry or is asked to stop. A
+//! [`Transform`] turns one event into zero or more. A [`Sink`] drains its [`Input`] and finishes
+//! each event (see [`crate::ack`]). Each stage runs in its own task; the channels between them
+//! are bounded, so a slow sink slows its sources down instead of growing memory.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::Event;
+
+/// The error type stages return: anything that can explain itself.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Produces events. Returns when it has nothing more to emit or when `cx.shutdown` fires.
+#[async_trait]
+pub trait Source: Send {
+    async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), BoxError>;
+}
+
+/// Turns each event into zero or more events, synchronously. An error stops the pipeline, so
+/// per-event problems that should not do that belong in the event (a field), not in an error.
+///
+/// An event that is not pushed to `out` must be [`Event::discard`]ed, or its source is told it
+/// failed.
+pub trait Transform: Send {
+    fn transform(&mut self, event: Event, out: &mut Vec<Event>) -> Result<(), BoxError>;
+}
+
+/// Consumes events. Returns once its input is closed and drained (that is how shutdown reaches
+/// it), after finishing every event it received.
+#[async_trait]
+pub trait Sink: Send {
+    async fn run(self: Box<Self>, input: Input, cx: SinkContext) -> Result<(), BoxError>;
+}
+
+/// What a source gets from the executor.
+pub struct SourceContext {
+    pub id: Arc<str>,
+    pub out: Output,
+    /// Fires when the pipeline is asked to stop: stop producing and return.
+    pub shutdown: CancellationToken,
+    pub logger: slog::Logger,
+}
+
+/// What a sink gets from the executor.
+pub struct SinkContext {
+    pub id: Arc<str>,
+    /// Fires when the pipeline is asked to stop. Sinks keep draining their input regardless;
+    /// this only tells a sink that is retrying forever that the grace period is running.
+    pub shutdown: CancellationToken,
+    pub logger: slog::Logger,
+}
+
+/// The downstream side of a stage: one channel per reader. Sending waits for room in every
+/// reader's channel (backpressure), and each reader gets its own copy (fan-out).
+pub struct Output {
+    senders: Vec<mpsc::Sender<Event>>,
+}
+
+/// A downstream stage is gone: the pipeline is failing or stopping.
+#[derive(Debug, thiserror::Error)]
+#[error("a downstream stage stopped")]
+pub struct DownstreamClosed;
+
+impl Output {
+    pub(crate) fn new(senders: Vec<mpsc::Sender<Event>>) -> Self {
+        Self { senders }
+    }
+
+    /// Sends `event` to every reader, waiting while any of their channels is full.
+    pub async fn send(&mut self, event: Event) -> Result<(), DownstreamClosed> {
+        let Some((last, rest)) = self.senders.split_last() else {
+            // Nobody reads this stage (validation warned): the event is done with.
+            event.discard();
+            return Ok(());
+        };
+        for sender in rest {
+            sender
+                .send(event.clone())
+                .await
+                .map_err(|_| DownstreamClosed)?;
+        }
+        last.send(event).await.map_err(|_| DownstreamClosed)
+    }
+}
+
+/// The upstream side of a sink: every event from all of its inputs (fan-in).
+pub struct Input {
+    receiver: mpsc::Receiver<Event>,
+}
+
+impl Input {
+    pub(crate) fn new(receiver: mpsc::Receiver<Event>) -> Self {
+        Self { receiver }
+    }
+
+    /// The next event, or `None` once every upstream stage has finished and the channel is empty.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.receiver.recv().await
+    }
+
+    /// Waits for at least one event, then appends up to `limit` events that are ready to
+    /// `buffer`. Returns how many were added; 0 means the input is closed and drained.
+    pub async fn recv_many(&mut self, buffer: &mut Vec<Event>, limit: usize) -> usize {
+        self.receiver.recv_many(buffer, limit).await
+    }
+
+    /// An event if one is ready now.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.receiver.try_recv().ok()
+    }
+}

@@ -1,0 +1,3 @@
+//! Built-in sinks: where events leave a pipeline, durably.
+
+pub mod console;

@@ -1,0 +1,3 @@
+//! Built-in sources: where events enter a pipeline.
+
+pub mod generate;

@@ -1,0 +1,275 @@
+//! The generic executor: wires built stages together and runs them to completion.
+//!
+//! Every stage runs in its own task. Each transform and sink owns one bounded channel that all
+//! of its inputs send into (fan-in); a stage read by several others sends a copy to each
+//! (fan-out). Backpressure follows from the bounds: a full channel makes its writers wait.
+//!
+//! Shutdown flows downstream, as in tokio's mini-redis: a signal (or a failing stage) cancels
+//! the sources; when a source returns, its senders drop; a transform whose inputs are all
+//! closed drains and returns, closing its own output; sinks drain and finish last. If that takes
+//! longer than the grace period, the remaining tasks are aborted and the run fails, and the
+//! events they held are reported to their sources as not delivered.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use slog::{debug, error, info, o, warn};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::compiler::CompiledPipeline;
+use crate::config::duration;
+use crate::event::Event;
+use crate::registry::{BuiltStage, StageKind};
+use crate::stage::{
+    BoxError, DownstreamClosed, Input, Output, SinkContext, SourceContext, Transform,
+};
+
+/// How a pipeline runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// How long in-flight events may take to drain after shutdown starts.
+    pub grace: Duration,
+    /// Events each transform's and sink's input channel holds before its writers wait.
+    pub channel_capacity: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(30),
+            channel_capacity: 128,
+        }
+    }
+}
+
+/// Why a run did not end cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{kind} `{id}` (type {type_name}) failed: {error}")]
+    StageFailed {
+        kind: StageKind,
+        id: String,
+        type_name: String,
+        #[source]
+        error: BoxError,
+    },
+    #[error("the grace period of {grace} ran out while {stages} still had events in flight; they were not delivered")]
+    GraceExpired { grace: String, stages: String },
+}
+
+struct StageInfo {
+    kind: StageKind,
+    id: Arc<str>,
+    type_name: String,
+}
+
+/// Runs `pipeline` until every stage has finished, a stage fails, or `shutdown` resolves and the
+/// in-flight events have drained.
+pub async fn run(
+    pipeline: CompiledPipeline,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+    logger: &slog::Logger,
+) -> Result<(), RunError> {
+    let capacity = options.channel_capacity.max(1);
+    let index: HashMap<String, usize> = pipeline
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.clone(), i))
+        .collect();
+
+    // One input channel per stage that has inputs.
+    let mut senders: Vec<Option<mpsc::Sender<Event>>> = Vec::new();
+    let mut receivers: Vec<Option<mpsc::Receiver<Event>>> = Vec::new();
+    for stage in &pipeline.stages {
+        if stage.kind == StageKind::Source {
+            senders.push(None);
+            receivers.push(None);
+        } else {
+            let (tx, rx) = mpsc::channel(capacity);
+            senders.push(Some(tx));
+            receivers.push(Some(rx));
+        }
+    }
+    // Each stage's output: a sender into every stage that reads it.
+    let mut outputs: Vec<Vec<mpsc::Sender<Event>>> = vec![Vec::new(); pipeline.stages.len()];
+    for (reader, stage) in pipeline.stages.iter().enumerate() {
+        let mut inputs = stage.inputs.clone();
+        inputs.sort();
+        inputs.dedup();
+        for input in inputs {
+            let writer = index[&input];
+            let tx = senders[reader]
+                .as_ref()
+                .expect("readers have an input channel");
+            outputs[writer].push(tx.clone());
+        }
+    }
+    // Only the writers hold senders now, so a channel closes when its last writer finishes.
+    drop(senders);
+
+    let shutdown_token = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let mut infos = HashMap::new();
+    for ((stage, output), receiver) in pipeline.stages.into_iter().zip(outputs).zip(receivers) {
+        let id: Arc<str> = Arc::from(stage.id.as_str());
+        let stage_logger =
+            logger.new(o!("stage" => stage.id.clone(), "type" => stage.type_name.clone()));
+        let output = Output::new(output);
+        let token = shutdown_token.clone();
+        let task = match stage.stage {
+            BuiltStage::Source(source) => tasks.spawn(source.run(SourceContext {
+                id: id.clone(),
+                out: output,
+                shutdown: token,
+                logger: stage_logger,
+            })),
+            BuiltStage::Transform(transform) => {
+                let input = Input::new(receiver.expect("transforms have inputs"));
+                tasks.spawn(run_transform(transform, input, output))
+            }
+            BuiltStage::Sink(sink) => {
+                let input = Input::new(receiver.expect("sinks have inputs"));
+                tasks.spawn(sink.run(
+                    input,
+                    SinkContext {
+                        id: id.clone(),
+                        shutdown: token,
+                        logger: stage_logger,
+                    },
+                ))
+            }
+        };
+        infos.insert(
+            task.id(),
+            StageInfo {
+                kind: stage.kind,
+                id,
+                type_name: stage.type_name,
+            },
+        );
+    }
+    info!(logger, "pipeline started"; "pipeline" => &pipeline.name, "stages" => infos.len());
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut deadline: Option<Instant> = None;
+    let mut failure: Option<RunError> = None;
+    let begin_shutdown = |deadline: &mut Option<Instant>| {
+        if deadline.is_none() {
+            shutdown_token.cancel();
+            *deadline = Some(Instant::now() + options.grace);
+        }
+    };
+
+    loop {
+        tokio::select! {
+            joined = tasks.join_next_with_id() => {
+                let Some(joined) = joined else { break };
+                let (task_id, result) = match joined {
+                    Ok((task_id, result)) => (task_id, result),
+                    Err(join_error) => {
+                        let task_id = join_error.id();
+                        let message = if join_error.is_panic() {
+                            format!("panicked: {}", panic_message(join_error.into_panic()))
+                        } else {
+                            "cancelled".to_owned()
+                        };
+                        (task_id, Err(message.into()))
+                    }
+                };
+                let Some(info) = infos.remove(&task_id) else { continue };
+                match result {
+                    Ok(()) => debug!(logger, "stage finished"; "stage" => &*info.id),
+                    Err(error) => {
+                        let secondary = error.downcast_ref::<DownstreamClosed>().is_some();
+                        if secondary {
+                            debug!(logger, "stage stopped: its downstream is gone"; "stage" => &*info.id);
+                        } else {
+                            error!(logger, "stage failed"; "stage" => &*info.id, "type" => &info.type_name, "error" => %error);
+                        }
+                        let replace = match &failure {
+                            None => true,
+                            Some(RunError::StageFailed { error: first, .. }) => {
+                                first.downcast_ref::<DownstreamClosed>().is_some() && !secondary
+                            }
+                            Some(RunError::GraceExpired { .. }) => false,
+                        };
+                        if replace {
+                            failure = Some(RunError::StageFailed {
+                                kind: info.kind,
+                                id: info.id.to_string(),
+                                type_name: info.type_name,
+                                error,
+                            });
+                        }
+                        begin_shutdown(&mut deadline);
+                    }
+                }
+            }
+            () = &mut shutdown, if deadline.is_none() => {
+                info!(logger, "shutting down: sources stop, in-flight events drain";
+                      "grace" => duration::format(options.grace));
+                begin_shutdown(&mut deadline);
+            }
+            () = sleep_until(deadline), if deadline.is_some() => {
+                let mut stages: Vec<String> = infos.values().map(|i| format!("`{}`", i.id)).collect();
+                stages.sort();
+                let stages = stages.join(", ");
+                warn!(logger, "grace period over; aborting"; "stages" => &stages);
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                if failure.is_none() {
+                    failure = Some(RunError::GraceExpired {
+                        grace: duration::format(options.grace),
+                        stages,
+                    });
+                }
+                break;
+            }
+        }
+    }
+
+    match failure {
+        Some(failure) => Err(failure),
+        None => {
+            info!(logger, "pipeline finished");
+            Ok(())
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+async fn run_transform(
+    mut transform: Box<dyn Transform>,
+    mut input: Input,
+    mut output: Output,
+) -> Result<(), BoxError> {
+    let mut produced = Vec::new();
+    while let Some(event) = input.recv().await {
+        transform.transform(event, &mut produced)?;
+        for event in produced.drain(..) {
+            output.send(event).await?;
+        }
+    }
+    Ok(())
+}
