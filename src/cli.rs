@@ -138,7 +138,7 @@ async fn run(
         let signal = stop_signal().await;
         info!(signal_logger, "received {signal}");
     };
-    match topology::run(pipeline, options, shutdown, logger).await {
+    match topology::run(pipeline, options, shutdown, logger.clone()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(logger, "pipeline failed"; "error" => %e);

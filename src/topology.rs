@@ -74,7 +74,7 @@ pub async fn run(
     pipeline: CompiledPipeline,
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
-    logger: &slog::Logger,
+    logger: slog::Logger,
 ) -> Result<(), RunError> {
     let capacity = options.channel_capacity.max(1);
     let index: HashMap<String, usize> = pipeline
@@ -155,7 +155,7 @@ pub async fn run(
             },
         );
     }
-    info!(logger, "pipeline started"; "pipeline" => &pipeline.name, "stages" => infos.len());
+    info!(&logger, "pipeline started"; "pipeline" => &pipeline.name, "stages" => infos.len());
 
     let mut shutdown = std::pin::pin!(shutdown);
     let mut deadline: Option<Instant> = None;
@@ -185,13 +185,13 @@ pub async fn run(
                 };
                 let Some(info) = infos.remove(&task_id) else { continue };
                 match result {
-                    Ok(()) => debug!(logger, "stage finished"; "stage" => &*info.id),
+                    Ok(()) => debug!(&logger, "stage finished"; "stage" => &*info.id),
                     Err(error) => {
                         let secondary = error.downcast_ref::<DownstreamClosed>().is_some();
                         if secondary {
-                            debug!(logger, "stage stopped: its downstream is gone"; "stage" => &*info.id);
+                            debug!(&logger, "stage stopped: its downstream is gone"; "stage" => &*info.id);
                         } else {
-                            error!(logger, "stage failed"; "stage" => &*info.id, "type" => &info.type_name, "error" => %error);
+                            error!(&logger, "stage failed"; "stage" => &*info.id, "type" => &info.type_name, "error" => %error);
                         }
                         let replace = match &failure {
                             None => true,
@@ -213,7 +213,7 @@ pub async fn run(
                 }
             }
             () = &mut shutdown, if deadline.is_none() => {
-                info!(logger, "shutting down: sources stop, in-flight events drain";
+                info!(&logger, "shutting down: sources stop, in-flight events drain";
                       "grace" => duration::format(options.grace));
                 begin_shutdown(&mut deadline);
             }
@@ -221,7 +221,7 @@ pub async fn run(
                 let mut stages: Vec<String> = infos.values().map(|i| format!("`{}`", i.id)).collect();
                 stages.sort();
                 let stages = stages.join(", ");
-                warn!(logger, "grace period over; aborting"; "stages" => &stages);
+                warn!(&logger, "grace period over; aborting"; "stages" => &stages);
                 tasks.abort_all();
                 while tasks.join_next().await.is_some() {}
                 if failure.is_none() {
@@ -238,7 +238,7 @@ pub async fn run(
     match failure {
         Some(failure) => Err(failure),
         None => {
-            info!(logger, "pipeline finished");
+            info!(&logger, "pipeline finished");
             Ok(())
         }
     }
