@@ -315,11 +315,10 @@ async fn shutdown_stops_sources_and_drains_every_event_in_flight() {
     );
     // The stop may interrupt the source while it waits to send one more event: that event never
     // entered the pipeline and must be reported as not delivered.
+    let rest = &outcomes[emitted as usize..];
     assert!(
-        outcomes[emitted as usize..] == []
-            || outcomes[emitted as usize..] == [(emitted, AckStatus::Failed)],
-        "{:?}",
-        &outcomes[emitted as usize..]
+        rest.is_empty() || rest == [(emitted, AckStatus::Failed)],
+        "{rest:?}"
     );
 }
 
