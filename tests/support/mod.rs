@@ -1,0 +1,108 @@
+//! Helpers shared by the integration tests that need the local services.
+//!
+//! `scripts/test` starts PostgreSQL and the broker and exports `DATABASE_URL` and
+//! `KAFKA_BROKERS`. A test run without them fails loudly, naming `scripts/test`: a test that
+//! needs a service never passes by skipping. Every test gets its own topic and database, so
+//! tests run in parallel and in any order.
+
+// Each test file uses its own part of these helpers.
+#![allow(dead_code)]
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+
+fn service(var: &str, what: &str) -> String {
+    let value = std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: this test needs {what}; run the tests with scripts/test, which starts the local services")
+    });
+    let address = value
+        .split(',')
+        .next()
+        .map(|a| a.rsplit('@').next().unwrap_or(a))
+        .map(|a| a.split('/').next().unwrap_or(a))
+        .unwrap_or_default()
+        .trim_start_matches("postgres:")
+        .to_owned();
+    let reachable = address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    assert!(
+        reachable,
+        "{what} is not reachable at {address} ({var}); run the tests with scripts/test, which starts the local services"
+    );
+    value
+}
+
+/// The local broker's bootstrap servers.
+pub fn kafka_brokers() -> String {
+    service("KAFKA_BROKERS", "a Kafka broker")
+}
+
+/// The URL of the local PostgreSQL's project database.
+pub fn database_url() -> String {
+    service("DATABASE_URL", "PostgreSQL")
+}
+
+/// A name no other test in this or a concurrent run uses.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates a fresh topic with `partitions` partitions on the local broker and returns its name.
+pub async fn create_topic(prefix: &str, partitions: i32) -> String {
+    let name = unique_name(prefix);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topic");
+    for result in results {
+        result.unwrap_or_else(|(topic, code)| panic!("cannot create topic {topic}: {code}"));
+    }
+    name
+}
+
+/// A database of its own for one test, on the local PostgreSQL.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+/// Creates a fresh, empty database. Blocking: call it outside async code or in
+/// `spawn_blocking`.
+pub fn create_database(prefix: &str) -> TestDatabase {
+    let admin_url = database_url();
+    let name = unique_name(prefix).to_lowercase();
+    let mut client = postgres::Client::connect(&admin_url, postgres::NoTls).expect("connect");
+    // The name is ours (letters, digits, _), not user data: safe to put in the statement.
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("create database");
+    let (base, _) = admin_url.rsplit_once('/').expect("a URL with a database");
+    TestDatabase {
+        url: format!("{base}/{name}"),
+        name,
+    }
+}
