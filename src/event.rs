@@ -4,6 +4,7 @@
 //! change the fields; the handle rides along untouched so the source that emitted the event learns
 //! when it has been fully handled (see [`crate::ack`]).
 
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::ack::{AckHandle, AckStatus};
@@ -18,13 +19,35 @@ pub type Fields = Map<String, Value>;
 #[derive(Debug, Clone, Default)]
 pub struct Event {
     fields: Fields,
+    raw: Option<Bytes>,
     ack: Option<AckHandle>,
 }
 
 impl Event {
     /// An event with these fields and no acknowledgement handle.
     pub fn new(fields: Fields) -> Self {
-        Self { fields, ack: None }
+        Self {
+            fields,
+            raw: None,
+            ack: None,
+        }
+    }
+
+    /// Attaches bytes that travel with the event but are not among its fields, so no sink
+    /// ever writes them: a probed page's body, kept only until `regex_match` has read it.
+    #[must_use]
+    pub fn with_raw(mut self, raw: Bytes) -> Self {
+        self.raw = Some(raw);
+        self
+    }
+
+    pub fn raw(&self) -> Option<&Bytes> {
+        self.raw.as_ref()
+    }
+
+    /// Removes and returns the attached bytes.
+    pub fn take_raw(&mut self) -> Option<Bytes> {
+        self.raw.take()
     }
 
     /// Attaches the handle a source got from [`crate::ack::Acknowledger::track`].
@@ -51,13 +74,18 @@ impl Event {
     }
 
     pub fn remove(&mut self, key: &str) -> Option<Value> {
-        self.fields.remove(key)
+        self.fields.shift_remove(key)
     }
 
     /// Separates the fields from the acknowledgement handle, so that a batching sink can keep
     /// the small handle until its write is durable and let the payload go.
     pub fn into_parts(self) -> (Fields, Option<AckHandle>) {
         (self.fields, self.ack)
+    }
+
+    /// Takes the acknowledgement handle out, leaving the event untracked.
+    pub fn take_ack(&mut self) -> Option<AckHandle> {
+        self.ack.take()
     }
 
     /// A sink calls this once the event is durably stored ([`AckStatus::Delivered`]) or has

@@ -15,12 +15,14 @@
 //!   call with their own registry to ship stages of their own (see `examples/custom_stage.rs`).
 
 pub mod ack;
+pub mod check;
 pub mod cli;
 pub mod compiler;
 pub mod config;
 pub mod event;
 pub mod logging;
 pub mod registry;
+pub mod schedule;
 pub mod stage;
 pub mod stages;
 pub mod topology;

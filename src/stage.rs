@@ -6,6 +6,7 @@
 //! are bounded, so a slow sink slows its sources down instead of growing memory.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -53,11 +54,16 @@ pub struct SinkContext {
     /// Fires when the pipeline is asked to stop. Sinks keep draining their input regardless;
     /// this only tells a sink that is retrying forever that the grace period is running.
     pub shutdown: CancellationToken,
+    /// How long the whole pipeline has to drain once `shutdown` fires: a sink's final flush
+    /// should fit in it, so that it can report what it could not deliver before being aborted.
+    pub grace: Duration,
     pub logger: slog::Logger,
 }
 
 /// The downstream side of a stage: one channel per reader. Sending waits for room in every
-/// reader's channel (backpressure), and each reader gets its own copy (fan-out).
+/// reader's channel (backpressure), and each reader gets its own copy (fan-out). Cloning it lets
+/// concurrent tasks of one source send on their own.
+#[derive(Clone)]
 pub struct Output {
     senders: Vec<mpsc::Sender<Event>>,
 }

@@ -141,6 +141,7 @@ pub async fn run(
                     SinkContext {
                         id: id.clone(),
                         shutdown: token,
+                        grace: options.grace,
                         logger: stage_logger,
                     },
                 ))

@@ -12,5 +12,8 @@ use crate::registry::Registry;
 pub fn register_builtins(registry: &mut Registry) {
     registry
         .register::<sources::generate::GenerateConfig>()
+        .register::<sources::http_probe::HttpProbeConfig>()
+        .register::<transforms::regex_match::RegexMatchConfig>()
+        .register::<transforms::latency::LatencyConfig>()
         .register::<sinks::console::ConsoleConfig>();
 }

@@ -1,3 +1,4 @@
 //! Built-in sources: where events enter a pipeline.
 
 pub mod generate;
+pub mod http_probe;

@@ -1,0 +1,279 @@
+//! The check result: message schema v1, the public contract between the checker and everything
+//! that reads its Kafka topic (the writer first). Field names and meanings are documented in
+//! `docs/schema.md`; change them only with a new `schema_version`.
+//!
+//! The `http_probe` source fills in the network facts; `regex_match` sets `regex_matched` (and
+//! `captures`); `latency` sets `latency_class`. Each may lower `up`, none raises it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// The version this code writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The namespace of `check_id` (a v5 UUID): fixed forever, so ids stay stable across releases.
+const CHECK_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2d7e_8a4b_4e55_9d3a_7c2e_51b0_c4a1);
+
+/// One check of one target, whatever happened on the network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub schema_version: u32,
+    /// Derived from `target` and `scheduled_at`: the same check sent twice has the same id.
+    pub check_id: Uuid,
+    pub target: String,
+    /// The URL checked, with any password replaced by `***`.
+    pub url: String,
+    pub method: String,
+    #[serde(with = "rfc3339_millis")]
+    pub scheduled_at: SystemTime,
+    #[serde(with = "rfc3339_millis")]
+    pub started_at: SystemTime,
+    /// Total elapsed time of the check, also when it failed.
+    pub response_time_ms: f64,
+    pub timings_ms: Timings,
+    /// `None` when no response arrived.
+    pub status_code: Option<u16>,
+    pub error: Option<CheckError>,
+    pub regex: Option<String>,
+    pub regex_matched: Option<bool>,
+    pub latency_class: Option<LatencyClass>,
+    pub up: bool,
+    /// Body bytes read (at most the probe's `max_body_bytes`); `None` without a response.
+    pub body_bytes: Option<u64>,
+    pub remote_addr: Option<String>,
+    pub http_version: Option<String>,
+    /// Named capture groups of the regex, when it has any and matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captures: Option<Map<String, Value>>,
+}
+
+/// Per-phase durations in milliseconds; a phase that did not happen is `None`. With redirects,
+/// each phase is the sum over all hops (libcurl's accounting).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub dns: Option<f64>,
+    pub connect: Option<f64>,
+    pub tls: Option<f64>,
+    /// From the request being sent (after connect and TLS) to the first response byte.
+    pub first_byte: Option<f64>,
+    /// Reading the response after its first byte.
+    pub transfer: Option<f64>,
+}
+
+/// Why a check failed to get a complete response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    Timeout,
+    Dns,
+    Connect,
+    Tls,
+    TooManyRedirects,
+    BodyTooLarge,
+    Other,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Dns => "dns",
+            Self::Connect => "connect",
+            Self::Tls => "tls",
+            Self::TooManyRedirects => "too_many_redirects",
+            Self::BodyTooLarge => "body_too_large",
+            Self::Other => "other",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatencyClass {
+    Ok,
+    Slow,
+    Critical,
+}
+
+impl LatencyClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Slow => "slow",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+/// The id of the check of `target` scheduled at `scheduled_at` (milliseconds are kept).
+pub fn check_id(target: &str, scheduled_at: SystemTime) -> Uuid {
+    let millis = scheduled_at
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    Uuid::new_v5(
+        &CHECK_ID_NAMESPACE,
+        format!("{target}\n{millis}").as_bytes(),
+    )
+}
+
+/// Milliseconds as the schema writes them: a number with microsecond precision.
+pub fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1_000_000.0).round() / 1_000.0
+}
+
+impl CheckResult {
+    /// The result as event fields.
+    pub fn into_fields(self) -> Map<String, Value> {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(map)) => map,
+            _ => unreachable!("a struct serializes to an object"),
+        }
+    }
+}
+
+/// `SystemTime` as RFC 3339 in UTC with milliseconds, e.g. `2026-11-29T07:50:00.123Z`.
+pub mod rfc3339_millis {
+    use std::time::SystemTime;
+
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn format(time: SystemTime) -> String {
+        humantime::format_rfc3339_millis(time).to_string()
+    }
+
+    pub fn serialize<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_rfc3339_millis(*time))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        humantime::parse_rfc3339_weak(&text)
+            .map_err(|e| de::Error::custom(format!("invalid RFC 3339 time `{text}`: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CheckResult {
+        let scheduled_at = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+        CheckResult {
+            schema_version: SCHEMA_VERSION,
+            check_id: check_id("example", scheduled_at),
+            target: "example".into(),
+            url: "https://example.com/".into(),
+            method: "GET".into(),
+            scheduled_at,
+            started_at: scheduled_at + Duration::from_millis(2),
+            response_time_ms: 12.345,
+            timings_ms: Timings {
+                dns: Some(1.0),
+                connect: Some(2.0),
+                tls: Some(3.0),
+                first_byte: Some(4.0),
+                transfer: Some(0.5),
+            },
+            status_code: Some(200),
+            error: None,
+            regex: None,
+            regex_matched: None,
+            latency_class: Some(LatencyClass::Ok),
+            up: true,
+            body_bytes: Some(1256),
+            remote_addr: Some("93.184.216.34:443".into()),
+            http_version: Some("HTTP/2".into()),
+            captures: None,
+        }
+    }
+
+    #[test]
+    fn check_ids_are_stable_and_distinct() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(check_id("a", t), check_id("a", t));
+        assert_ne!(check_id("a", t), check_id("b", t));
+        assert_ne!(
+            check_id("a", t),
+            check_id("a", t + Duration::from_millis(1))
+        );
+        // Pinned: the id of a check must never change between releases.
+        assert_eq!(
+            check_id(
+                "example",
+                UNIX_EPOCH + Duration::from_millis(1_795_000_000_123)
+            )
+            .to_string(),
+            sample().check_id.to_string()
+        );
+        assert_eq!(check_id("a", t).get_version_num(), 5);
+    }
+
+    #[test]
+    fn serializes_with_the_documented_field_names() {
+        let json = serde_json::to_value(sample()).unwrap();
+        assert_eq!(json["scheduled_at"], "2026-11-18T11:06:40.123Z");
+        assert_eq!(json["started_at"], "2026-11-18T11:06:40.125Z");
+        assert_eq!(json["timings_ms"]["first_byte"], 4.0);
+        assert_eq!(json["latency_class"], "ok");
+        assert!(json["error"].is_null());
+        assert!(json.get("captures").is_none());
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "schema_version",
+                "check_id",
+                "target",
+                "url",
+                "method",
+                "scheduled_at",
+                "started_at",
+                "response_time_ms",
+                "timings_ms",
+                "status_code",
+                "error",
+                "regex",
+                "regex_matched",
+                "latency_class",
+                "up",
+                "body_bytes",
+                "remote_addr",
+                "http_version"
+            ]
+        );
+        let back: CheckResult = serde_json::from_value(json).unwrap();
+        assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn errors_serialize_as_kind_and_message() {
+        let error = CheckError {
+            kind: ErrorKind::TooManyRedirects,
+            message: "too many".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(error).unwrap(),
+            serde_json::json!({"kind": "too_many_redirects", "message": "too many"})
+        );
+    }
+
+    #[test]
+    fn millis_keep_microseconds() {
+        assert_eq!(millis(Duration::from_micros(1_234_567)), 1234.567);
+    }
+}

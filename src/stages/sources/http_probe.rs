@@ -1,0 +1,841 @@
+//! `http_probe`: checks websites over HTTP(S) on a schedule; every check becomes one event.
+//!
+//! Each check is a real request through libcurl (isahc), by default on a fresh connection with
+//! no DNS cache, so the DNS, connect and TLS phases are measured for real. Whatever happens on
+//! the network (a timeout, a DNS failure, a refused connection, a bad certificate) the check
+//! yields a result in message schema v1 ([`crate::check::CheckResult`]): failures are data, not
+//! log lines. Bodies are read up to `max_body_bytes` and kept (as the event's raw bytes, never
+//! a field) only when a regex needs them; `regex_match` consumes them.
+//!
+//! Scheduling is slot-based ([`crate::schedule`]). Typed failure reasons, per-phase timings and
+//! slots follow getsentry/uptime-checker; the code is ours.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::AsyncReadExt;
+use isahc::config::{Configurable, RedirectPolicy};
+use isahc::error::ErrorKind as IsahcErrorKind;
+use isahc::http::header::{HeaderName, HeaderValue};
+use isahc::http::{Method, Uri, Version};
+use isahc::net::dns::DnsCache;
+use isahc::{AsyncBody, HttpClient, Request, ResponseExt};
+use serde::Deserialize;
+use slog::info;
+use tokio::time::Instant;
+
+use crate::check::{self, CheckError, CheckResult, ErrorKind, Timings, SCHEMA_VERSION};
+use crate::config::diagnostic::ConfigError;
+use crate::config::duration;
+use crate::event::Event;
+use crate::registry::{BuildContext, StageConfig};
+use crate::schedule::{self, Clock, Entry};
+use crate::stage::{BoxError, Source, SourceContext};
+use crate::stages::transforms::regex_match::compile_pattern;
+
+/// Redirects followed at most when `follow_redirects` is on.
+pub const MAX_REDIRECTS: u32 = 10;
+
+fn default_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_concurrency() -> usize {
+    100
+}
+fn default_max_body_bytes() -> u64 {
+    1 << 20
+}
+fn default_method() -> String {
+    "GET".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+
+/// An item of `expected_status`: a code, or an inclusive range written `"200-299"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StatusItem {
+    Code(u16),
+    Range(String),
+}
+
+/// One website to check. Unset settings take the stage's defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// The http:// or https:// URL to check.
+    pub url: String,
+    /// A unique name, used as the Kafka key and in the database. Default: the URL.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The HTTP method. Default: the stage's `method` (GET).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Request headers, added to (and overriding) the stage's `headers`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// A request body to send.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Status codes that count as up, such as `[200, "300-399"]`. Default: the stage's.
+    #[serde(default)]
+    pub expected_status: Option<Vec<StatusItem>>,
+    /// A regex the page must match to count as up (matched by the `regex_match` transform).
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// Time between checks. Default: the stage's `interval`.
+    #[serde(default, with = "duration::option")]
+    pub interval: Option<Duration>,
+    /// Time limit for the whole check. Default: the stage's `timeout`.
+    #[serde(default, with = "duration::option")]
+    pub timeout: Option<Duration>,
+    /// Follow redirects (at most 10). Default: the stage's `follow_redirects`.
+    #[serde(default)]
+    pub follow_redirects: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbeConfig {
+    /// Targets, listed inline.
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+    /// A YAML file holding a list of targets (same fields), relative to the pipeline file.
+    #[serde(default)]
+    pub targets_file: Option<String>,
+    /// Default time between two checks of a target. Default `30s`.
+    #[serde(default = "default_interval", with = "duration")]
+    pub interval: Duration,
+    /// Default time limit for a whole check: DNS, connect, TLS, request and body. Default `10s`.
+    #[serde(default = "default_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Default HTTP method. Default `GET`.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Default request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Default status codes that count as up. Default `["200-399"]`.
+    #[serde(default)]
+    pub expected_status: Option<Vec<StatusItem>>,
+    /// Default for following redirects. Default `true`.
+    #[serde(default = "default_true")]
+    pub follow_redirects: bool,
+    /// Checks in flight at once, across all targets. Default 100.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Reuse connections (and cached DNS answers) between checks. Default `false`: each check
+    /// opens a fresh connection, so its connect and TLS times are real.
+    #[serde(default)]
+    pub reuse_connections: bool,
+    /// The most body bytes read; a longer body is a `body_too_large` failure. Default 1 MiB.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Keep every body for `regex_match`, even of targets without a regex of their own (for its
+    /// stage-level `pattern`). Default `false`: only bodies a target's regex needs are kept.
+    #[serde(default)]
+    pub keep_bodies: bool,
+}
+
+/// Which status codes count as up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSet(Vec<(u16, u16)>);
+
+impl StatusSet {
+    pub fn contains(&self, code: u16) -> bool {
+        self.0
+            .iter()
+            .any(|(low, high)| (*low..=*high).contains(&code))
+    }
+
+    fn parse(items: &[StatusItem]) -> Result<Self, String> {
+        let valid = |code: u16| (100..=599).contains(&code);
+        let mut ranges = Vec::new();
+        for item in items {
+            let (low, high) = match item {
+                StatusItem::Code(code) => (*code, *code),
+                StatusItem::Range(text) => text
+                    .split_once('-')
+                    .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+                    .ok_or_else(|| {
+                        format!("`{text}` is not a status code or a range such as \"200-299\"")
+                    })?,
+            };
+            if !valid(low) || !valid(high) || low > high {
+                return Err(format!(
+                    "status {low}-{high} is not a range of HTTP status codes (100-599)"
+                ));
+            }
+            ranges.push((low, high));
+        }
+        if ranges.is_empty() {
+            return Err("`expected_status` is empty: no check could ever be up".to_owned());
+        }
+        Ok(Self(ranges))
+    }
+}
+
+/// A target, validated and resolved against the stage's defaults.
+#[derive(Debug)]
+struct Target {
+    name: String,
+    uri: Uri,
+    /// The URL as reported in results: any password replaced by `***`.
+    reported_url: String,
+    method: Method,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Option<Bytes>,
+    expected: StatusSet,
+    regex: Option<String>,
+    interval: Duration,
+    timeout: Duration,
+    follow_redirects: bool,
+    host_is_ip: bool,
+}
+
+impl StageConfig for HttpProbeConfig {
+    const TYPE: &'static str = "http_probe";
+    const DESCRIPTION: &'static str =
+        "checks websites over HTTP(S) on a schedule; each check, failed or not, is one event";
+    type Stage = dyn Source;
+
+    fn build(self, cx: &BuildContext) -> Result<Box<dyn Source>, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let defaults = match StatusSet::parse(
+            self.expected_status
+                .as_deref()
+                .unwrap_or(&[StatusItem::Range("200-399".to_owned())]),
+        ) {
+            Ok(set) => Some(set),
+            Err(message) => {
+                errors.push(ConfigError::at("expected_status", message));
+                None
+            }
+        };
+        if self.interval.is_zero() {
+            errors.push(ConfigError::at(
+                "interval",
+                "the interval must be longer than 0",
+            ));
+        }
+        if self.timeout.is_zero() {
+            errors.push(ConfigError::at(
+                "timeout",
+                "the timeout must be longer than 0",
+            ));
+        }
+        if self.concurrency == 0 {
+            errors.push(ConfigError::at(
+                "concurrency",
+                "at least 1 check must be allowed to run",
+            ));
+        }
+
+        // Inline targets are located by their index in the pipeline file; file targets by the
+        // file and index.
+        let mut entries: Vec<(String, TargetConfig)> = self
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("targets[{i}]"), t.clone()))
+            .collect();
+        if let Some(file) = &self.targets_file {
+            match load_targets_file(&cx.resolve_path(file)) {
+                Ok(targets) => entries.extend(
+                    targets
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, t)| (format!("targets_file[{i}]"), t)),
+                ),
+                Err(message) => errors.push(ConfigError::at(
+                    "targets_file",
+                    format!("targets_file `{file}`: {message}"),
+                )),
+            }
+        }
+        if entries.is_empty() && errors.is_empty() {
+            errors.push(ConfigError::new(
+                "no targets: list them under `targets:` or in a `targets_file`",
+            ));
+        }
+
+        let mut names = HashSet::new();
+        let mut targets = Vec::with_capacity(entries.len());
+        for (at, entry) in entries {
+            let field = |name: &str| {
+                // Targets from the file cannot be located in the pipeline file itself.
+                if at.starts_with("targets_file") {
+                    "targets_file".to_owned()
+                } else {
+                    format!("{at}.{name}")
+                }
+            };
+            match resolve_target(&self, entry, defaults.as_ref()) {
+                Ok(target) => {
+                    if !names.insert(target.name.clone()) {
+                        errors.push(ConfigError::at(
+                            field("name"),
+                            format!("{at}: duplicate target name `{}`; names must be unique (set `name:`)", target.name),
+                        ));
+                    }
+                    targets.push(target);
+                }
+                Err((name, failures)) => {
+                    for (setting, message) in failures {
+                        errors.push(ConfigError::at(
+                            field(setting),
+                            format!("{at}: target `{name}`: {message}"),
+                        ));
+                    }
+                }
+            }
+        }
+
+        let mut client = HttpClient::builder().metrics(true);
+        if !self.reuse_connections {
+            client = client.connection_cache_size(0).dns_cache(DnsCache::Disable);
+        }
+        let client = match client.build() {
+            Ok(client) => Some(client),
+            Err(e) => {
+                errors.push(ConfigError::new(format!(
+                    "cannot create the HTTP client: {e}"
+                )));
+                None
+            }
+        };
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        info!(cx.logger, "targets loaded"; "targets" => targets.len());
+        Ok(Box::new(HttpProbe {
+            targets,
+            client: client.expect("no errors, so a client"),
+            concurrency: self.concurrency,
+            max_body_bytes: self.max_body_bytes,
+            keep_bodies: self.keep_bodies,
+        }))
+    }
+}
+
+fn load_targets_file(path: &std::path::Path) -> Result<Vec<TargetConfig>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    // serde_norway's message already names the item path and the line.
+    serde_norway::from_str(&text).map_err(|e| e.to_string().trim_start_matches('.').to_owned())
+}
+
+type TargetErrors = (String, Vec<(&'static str, String)>);
+
+fn resolve_target(
+    stage: &HttpProbeConfig,
+    config: TargetConfig,
+    default_status: Option<&StatusSet>,
+) -> Result<Target, TargetErrors> {
+    let name = config.name.clone().unwrap_or_else(|| config.url.clone());
+    let mut failures: Vec<(&'static str, String)> = Vec::new();
+
+    let uri = match config.url.parse::<Uri>() {
+        Ok(uri) => {
+            match uri.scheme_str() {
+                Some("http" | "https") => {}
+                Some(other) => failures.push((
+                    "url",
+                    format!("unsupported scheme `{other}` in the URL; use http or https"),
+                )),
+                None => {
+                    failures.push(("url", "the URL needs a scheme (http:// or https://)".into()))
+                }
+            }
+            if uri.host().is_none_or(str::is_empty) {
+                failures.push(("url", "the URL has no host".into()));
+            }
+            Some(uri)
+        }
+        Err(e) => {
+            failures.push(("url", format!("invalid URL: {e}")));
+            None
+        }
+    };
+    if name.trim().is_empty() {
+        failures.push(("name", "the name is empty".into()));
+    }
+    let method_text = config.method.as_deref().unwrap_or(&stage.method);
+    let method = Method::from_bytes(method_text.to_ascii_uppercase().as_bytes())
+        .map_err(|_| failures.push(("method", format!("invalid HTTP method `{method_text}`"))))
+        .ok();
+    let mut headers = Vec::new();
+    let mut merged = stage.headers.clone();
+    merged.extend(config.headers.clone());
+    for (key, value) in &merged {
+        match (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(k), Ok(v)) => headers.push((k, v)),
+            // The value may be a secret (an API token): name the header only.
+            _ => failures.push(("headers", format!("invalid header `{key}` or its value"))),
+        }
+    }
+    let expected = match &config.expected_status {
+        Some(items) => StatusSet::parse(items)
+            .map_err(|m| failures.push(("expected_status", m)))
+            .ok(),
+        None => default_status.cloned(),
+    };
+    if let Some(pattern) = &config.regex {
+        if let Err(message) = compile_pattern(pattern) {
+            failures.push(("regex", message));
+        }
+    }
+    let interval = config.interval.unwrap_or(stage.interval);
+    let timeout = config.timeout.unwrap_or(stage.timeout);
+    if interval.is_zero() {
+        failures.push(("interval", "the interval must be longer than 0".into()));
+    }
+    if timeout.is_zero() {
+        failures.push(("timeout", "the timeout must be longer than 0".into()));
+    }
+
+    if !failures.is_empty() {
+        return Err((redact_url(&name), failures));
+    }
+    let uri = uri.expect("no failures, so a URI");
+    let host_is_ip = uri
+        .host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .is_some_and(|h| h.parse::<std::net::IpAddr>().is_ok());
+    Ok(Target {
+        reported_url: redact_url(&config.url),
+        name,
+        uri,
+        method: method.expect("no failures, so a method"),
+        headers,
+        body: config.body.map(Bytes::from),
+        expected: expected.expect("no failures, so a status set"),
+        regex: config.regex,
+        interval,
+        timeout,
+        follow_redirects: config.follow_redirects.unwrap_or(stage.follow_redirects),
+        host_is_ip,
+    })
+}
+
+/// `https://user:secret@host/` → `https://user:***@host/`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[scheme_end..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| scheme_end + i);
+    let authority = &url[scheme_end..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
+            format!("{}{masked}{}", &url[..scheme_end], &url[scheme_end + at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+struct HttpProbe {
+    targets: Vec<Target>,
+    client: HttpClient,
+    concurrency: usize,
+    max_body_bytes: u64,
+    keep_bodies: bool,
+}
+
+#[async_trait]
+impl Source for HttpProbe {
+    async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), BoxError> {
+        let HttpProbe {
+            targets,
+            client,
+            concurrency,
+            max_body_bytes,
+            keep_bodies,
+        } = *self;
+        let entries: Vec<Entry> = targets
+            .iter()
+            .map(|t| Entry {
+                interval: t.interval,
+                offset: schedule::offset(&t.name, t.interval),
+            })
+            .collect();
+        let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+        let targets = Arc::new(targets);
+        let clock = Clock::new();
+        let out = cx.out.clone();
+        let logger = cx.logger.clone();
+
+        let stats = schedule::run(
+            &entries,
+            &names,
+            clock,
+            concurrency,
+            cx.shutdown.clone(),
+            &cx.logger,
+            |slot| {
+                let targets = Arc::clone(&targets);
+                let client = client.clone();
+                let mut out = out.clone();
+                let logger = logger.clone();
+                async move {
+                    let target = &targets[slot.entry];
+                    let scheduled_at = Clock::time_at(slot.scheduled_ms);
+                    let started_at = clock.now();
+                    let keep_body = keep_bodies || target.regex.is_some();
+                    let (result, body) = probe(&client, target, max_body_bytes, keep_body).await;
+                    let result = CheckResult {
+                        schema_version: SCHEMA_VERSION,
+                        check_id: check::check_id(&target.name, scheduled_at),
+                        target: target.name.clone(),
+                        url: target.reported_url.clone(),
+                        method: target.method.to_string(),
+                        scheduled_at,
+                        started_at,
+                        ..result
+                    };
+                    let mut event = Event::new(result.into_fields());
+                    if let Some(body) = body {
+                        event = event.with_raw(body);
+                    }
+                    if out.send(event).await.is_err() {
+                        slog::debug!(logger, "result dropped: the pipeline is stopping";
+                                     "target" => &target.name);
+                    }
+                }
+            },
+        )
+        .await;
+        info!(cx.logger, "checks stopped"; "started" => stats.started, "missed_slots" => stats.missed);
+        Ok(())
+    }
+}
+
+/// Extra time past a target's timeout before our own timer gives up on libcurl's.
+const TIMEOUT_SLACK: Duration = Duration::from_secs(1);
+
+/// Runs one check. Fills in everything but the identity and time fields, which the caller sets.
+async fn probe(
+    client: &HttpClient,
+    target: &Target,
+    max_body_bytes: u64,
+    keep_body: bool,
+) -> (CheckResult, Option<Bytes>) {
+    let mut request = Request::builder()
+        .method(target.method.clone())
+        .uri(target.uri.clone())
+        .timeout(target.timeout)
+        .redirect_policy(if target.follow_redirects {
+            RedirectPolicy::Limit(MAX_REDIRECTS)
+        } else {
+            RedirectPolicy::None
+        });
+    for (name, value) in &target.headers {
+        request = request.header(name, value);
+    }
+    let body = match &target.body {
+        Some(body) => AsyncBody::from_bytes_static(body.clone()),
+        None => AsyncBody::empty(),
+    };
+    let started = Instant::now();
+    let mut result = CheckResult {
+        schema_version: SCHEMA_VERSION,
+        check_id: uuid::Uuid::nil(),
+        target: String::new(),
+        url: String::new(),
+        method: String::new(),
+        scheduled_at: std::time::UNIX_EPOCH,
+        started_at: std::time::UNIX_EPOCH,
+        response_time_ms: 0.0,
+        timings_ms: Timings::default(),
+        status_code: None,
+        error: None,
+        regex: target.regex.clone(),
+        regex_matched: None,
+        latency_class: None,
+        up: false,
+        body_bytes: None,
+        remote_addr: None,
+        http_version: None,
+        captures: None,
+    };
+    let request = match request.body(body) {
+        Ok(request) => request,
+        Err(e) => {
+            result.error = Some(CheckError {
+                kind: ErrorKind::Other,
+                message: format!("cannot build the request: {e}"),
+            });
+            return (result, None);
+        }
+    };
+
+    let deadline = target.timeout + TIMEOUT_SLACK;
+    let mut kept = None;
+    match tokio::time::timeout(deadline, client.send_async(request)).await {
+        Err(_) => result.error = Some(timeout_error(target.timeout)),
+        Ok(Err(e)) => result.error = Some(classify(&e)),
+        Ok(Ok(mut response)) => {
+            result.status_code = Some(response.status().as_u16());
+            result.http_version = Some(version_name(response.version()).to_owned());
+            result.remote_addr = response.remote_addr().map(|a| a.to_string());
+            let remaining = deadline.saturating_sub(started.elapsed());
+            let limit = max_body_bytes;
+            let read = tokio::time::timeout(remaining, async {
+                let mut buffer = vec![0_u8; 16 * 1024];
+                let mut body = Vec::new();
+                let mut total = 0_u64;
+                loop {
+                    let n = response.body_mut().read(&mut buffer).await?;
+                    if n == 0 {
+                        return Ok::<_, std::io::Error>((total, body, false));
+                    }
+                    total += n as u64;
+                    if total > limit {
+                        return Ok((limit, body, true));
+                    }
+                    if keep_body {
+                        body.extend_from_slice(&buffer[..n]);
+                    }
+                }
+            })
+            .await;
+            match read {
+                Err(_) => result.error = Some(timeout_error(target.timeout)),
+                Ok(Err(e)) => result.error = Some(classify(&isahc::Error::from(e))),
+                Ok(Ok((total, body, too_large))) => {
+                    result.body_bytes = Some(total);
+                    if too_large {
+                        result.error = Some(CheckError {
+                            kind: ErrorKind::BodyTooLarge,
+                            message: format!("the body is larger than max_body_bytes ({limit})"),
+                        });
+                    } else if keep_body {
+                        kept = Some(Bytes::from(body));
+                    }
+                }
+            }
+            if let Some(metrics) = response.metrics() {
+                result.timings_ms = timings(metrics, target);
+            }
+        }
+    }
+    result.response_time_ms = check::millis(started.elapsed());
+    result.up = result.error.is_none()
+        && result
+            .status_code
+            .is_some_and(|code| target.expected.contains(code));
+    (result, kept)
+}
+
+fn timeout_error(timeout: Duration) -> CheckError {
+    CheckError {
+        kind: ErrorKind::Timeout,
+        message: format!("no complete response within {}", duration::format(timeout)),
+    }
+}
+
+/// Maps libcurl's failure to the schema's error kinds.
+fn classify(error: &isahc::Error) -> CheckError {
+    let kind = match error.kind() {
+        IsahcErrorKind::Timeout => ErrorKind::Timeout,
+        IsahcErrorKind::NameResolution => ErrorKind::Dns,
+        IsahcErrorKind::ConnectionFailed => ErrorKind::Connect,
+        IsahcErrorKind::BadServerCertificate
+        | IsahcErrorKind::BadClientCertificate
+        | IsahcErrorKind::TlsEngine
+        | IsahcErrorKind::InvalidTlsConfiguration => ErrorKind::Tls,
+        IsahcErrorKind::TooManyRedirects => ErrorKind::TooManyRedirects,
+        _ => ErrorKind::Other,
+    };
+    CheckError {
+        kind,
+        message: error.to_string(),
+    }
+}
+
+/// Turns libcurl's cumulative timers into per-phase durations. isahc reports name lookup and
+/// transfer start from the start of the request, but connect and TLS as their own durations.
+fn timings(metrics: &isahc::Metrics, target: &Target) -> Timings {
+    let dns = metrics.name_lookup_time();
+    let connect = metrics.connect_time();
+    let tls = metrics.secure_connect_time();
+    let first_byte = metrics
+        .transfer_start_time()
+        .saturating_sub(dns + connect + tls);
+    let phase = |d: Duration| (!d.is_zero()).then(|| check::millis(d));
+    Timings {
+        dns: if target.host_is_ip { None } else { phase(dns) },
+        connect: phase(connect),
+        tls: phase(tls),
+        first_byte: (!metrics.transfer_start_time().is_zero()).then(|| check::millis(first_byte)),
+        transfer: Some(check::millis(metrics.transfer_time())),
+    }
+}
+
+fn version_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slog::o;
+
+    fn build(yaml: &str) -> Result<Box<dyn Source>, Vec<ConfigError>> {
+        let cx = BuildContext {
+            stage_id: "probe".into(),
+            base_dir: ".".into(),
+            logger: slog::Logger::root(slog::Discard, o!()),
+        };
+        serde_norway::from_str::<HttpProbeConfig>(yaml)
+            .unwrap()
+            .build(&cx)
+    }
+
+    fn messages(yaml: &str) -> Vec<(Option<String>, String)> {
+        build(yaml)
+            .err()
+            .expect("errors")
+            .into_iter()
+            .map(|e| (e.field, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn status_sets_take_codes_and_ranges() {
+        let set = StatusSet::parse(&[StatusItem::Code(204), StatusItem::Range("300-302".into())])
+            .unwrap();
+        assert!(set.contains(204) && set.contains(301) && !set.contains(200));
+        assert!(StatusSet::parse(&[StatusItem::Range("2xx".into())]).is_err());
+        assert!(StatusSet::parse(&[StatusItem::Code(999)]).is_err());
+        assert!(StatusSet::parse(&[]).is_err());
+    }
+
+    #[test]
+    fn bad_targets_are_named_in_their_errors() {
+        let errors = messages(
+            "targets:\n  - url: ftp://example.com\n  - name: broken\n    url: https://example.com\n    regex: '('\n  - url: https://a.example\n    name: twice\n  - url: https://b.example\n    name: twice\n  - url: 'not a url'\n",
+        );
+        assert_eq!(errors[0].0.as_deref(), Some("targets[0].url"));
+        assert_eq!(
+            errors[0].1,
+            "targets[0]: target `ftp://example.com`: unsupported scheme `ftp` in the URL; use http or https"
+        );
+        assert_eq!(errors[1].0.as_deref(), Some("targets[1].regex"));
+        assert!(
+            errors[1]
+                .1
+                .starts_with("targets[1]: target `broken`: invalid regex:"),
+            "{}",
+            errors[1].1
+        );
+        assert_eq!(errors[2].0.as_deref(), Some("targets[3].name"));
+        assert_eq!(
+            errors[2].1,
+            "targets[3]: duplicate target name `twice`; names must be unique (set `name:`)"
+        );
+        assert_eq!(errors[3].0.as_deref(), Some("targets[4].url"));
+        assert_eq!(
+            errors.len(),
+            4 + usize::from(errors.len() > 4),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn no_targets_is_an_error() {
+        assert_eq!(
+            messages("interval: 5s\n"),
+            [(
+                None,
+                "no targets: list them under `targets:` or in a `targets_file`".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn targets_file_is_read_relative_to_the_pipeline() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("targets.yaml"),
+            "- url: https://example.com\n- url: https://example.org\n  interval: 10s\n",
+        )
+        .unwrap();
+        let cx = BuildContext {
+            stage_id: "probe".into(),
+            base_dir: dir.path().to_path_buf(),
+            logger: slog::Logger::root(slog::Discard, o!()),
+        };
+        let config: HttpProbeConfig = serde_norway::from_str("targets_file: targets.yaml").unwrap();
+        assert!(config.build(&cx).is_ok());
+
+        std::fs::write(
+            dir.path().join("bad.yaml"),
+            "- url: https://example.com\n- nme: x\n",
+        )
+        .unwrap();
+        let config: HttpProbeConfig = serde_norway::from_str("targets_file: bad.yaml").unwrap();
+        let errors = config.build(&cx).err().unwrap();
+        assert_eq!(errors[0].field.as_deref(), Some("targets_file"));
+        assert!(
+            errors[0]
+                .message
+                .starts_with("targets_file `bad.yaml`: [1]: unknown field `nme`"),
+            "{}",
+            errors[0].message
+        );
+        assert!(
+            errors[0].message.contains("line 2"),
+            "{}",
+            errors[0].message
+        );
+    }
+
+    #[test]
+    fn urls_in_results_never_carry_passwords() {
+        assert_eq!(
+            redact_url("https://user:s3cret@example.com/x?a=b"),
+            "https://user:***@example.com/x?a=b"
+        );
+        assert_eq!(
+            redact_url("https://token@example.com/"),
+            "https://token@example.com/"
+        );
+        assert_eq!(
+            redact_url("https://example.com/a@b"),
+            "https://example.com/a@b"
+        );
+    }
+
+    #[test]
+    fn header_values_are_not_echoed() {
+        let errors = messages("targets:\n  - url: https://example.com\n    headers: { Authorization: \"Bearer abc\\ndef\" }\n");
+        assert_eq!(errors[0].0.as_deref(), Some("targets[0].headers"));
+        assert!(!errors[0].1.contains("abc"), "{}", errors[0].1);
+    }
+}
