@@ -20,6 +20,7 @@ pub mod cli;
 pub mod compiler;
 pub mod config;
 pub mod event;
+pub mod kafka;
 pub mod logging;
 pub mod registry;
 pub mod schedule;

@@ -15,5 +15,6 @@ pub fn register_builtins(registry: &mut Registry) {
         .register::<sources::http_probe::HttpProbeConfig>()
         .register::<transforms::regex_match::RegexMatchConfig>()
         .register::<transforms::latency::LatencyConfig>()
-        .register::<sinks::console::ConsoleConfig>();
+        .register::<sinks::console::ConsoleConfig>()
+        .register::<sinks::kafka::KafkaSinkConfig>();
 }

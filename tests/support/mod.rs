@@ -8,6 +8,10 @@
 // Each test file uses its own part of these helpers.
 #![allow(dead_code)]
 
+pub mod http;
+pub mod pipeline;
+pub mod tls;
+
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -67,20 +71,7 @@ pub fn unique_name(prefix: &str) -> String {
 /// Creates a fresh topic with `partitions` partitions on the local broker and returns its name.
 pub async fn create_topic(prefix: &str, partitions: i32) -> String {
     let name = unique_name(prefix);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .create()
-        .expect("admin client");
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .expect("create topic");
-    for result in results {
-        result.unwrap_or_else(|(topic, code)| panic!("cannot create topic {topic}: {code}"));
-    }
+    create_topic_on(&kafka_brokers(), &name, partitions).await;
     name
 }
 
@@ -105,4 +96,121 @@ pub fn create_database(prefix: &str) -> TestDatabase {
         url: format!("{base}/{name}"),
         name,
     }
+}
+
+/// A broker of the test's own (tansu, in memory) on 127.0.0.1; stopped when dropped.
+pub struct PrivateBroker {
+    child: std::process::Child,
+    pub brokers: String,
+}
+
+impl PrivateBroker {
+    /// Starts a broker on `port` and waits until it accepts connections.
+    pub fn start(port: u16) -> Self {
+        let binary = std::env::var("TANSU_BIN").unwrap_or_else(|_| {
+            panic!("TANSU_BIN is not set: run the tests with scripts/test, which builds and names the broker")
+        });
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(&binary)
+            .args([
+                "broker",
+                "--storage-engine",
+                "memory://tansu/",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the private broker did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            brokers: format!("127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates `topic` with `partitions` on the broker at `brokers`.
+pub async fn create_topic_on(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topic");
+    for result in results {
+        result.unwrap_or_else(|(topic, code)| panic!("cannot create topic {topic}: {code}"));
+    }
+}
+
+/// Reads every message of `topic` from the beginning until `expected` have arrived (or 60 s
+/// pass), returning (partition, key, payload) for each.
+pub async fn consume_all(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+) -> Vec<(i32, Option<String>, Vec<u8>)> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique_name("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut messages = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while messages.len() < expected {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Err(_) => break,
+            Ok(message) => {
+                let message = message.expect("consume");
+                messages.push((
+                    message.partition(),
+                    message
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned()),
+                    message.payload().unwrap_or_default().to_vec(),
+                ));
+            }
+        }
+    }
+    // Anything beyond what was expected would be a duplicate: give it a moment to show up.
+    while let Ok(Ok(message)) =
+        tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await
+    {
+        messages.push((
+            message.partition(),
+            message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            message.payload().unwrap_or_default().to_vec(),
+        ));
+    }
+    messages
 }

@@ -1,3 +1,4 @@
 //! Built-in sinks: where events leave a pipeline, durably.
 
 pub mod console;
+pub mod kafka;

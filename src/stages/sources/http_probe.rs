@@ -591,7 +591,10 @@ async fn probe(
     let mut kept = None;
     match tokio::time::timeout(deadline, client.send_async(request)).await {
         Err(_) => result.error = Some(timeout_error(target.timeout)),
-        Ok(Err(e)) => result.error = Some(classify(&e)),
+        Ok(Err(e)) => {
+            result.remote_addr = e.remote_addr().map(|a| a.to_string());
+            result.error = Some(classify(&e));
+        }
         Ok(Ok(mut response)) => {
             result.status_code = Some(response.status().as_u16());
             result.http_version = Some(version_name(response.version()).to_owned());
@@ -665,10 +668,15 @@ fn classify(error: &isahc::Error) -> CheckError {
         IsahcErrorKind::TooManyRedirects => ErrorKind::TooManyRedirects,
         _ => ErrorKind::Other,
     };
-    CheckError {
-        kind,
-        message: error.to_string(),
+    // libcurl's own words (the source) say what isahc's kind does not: which host, which port.
+    let mut message = error.to_string();
+    if let Some(source) = std::error::Error::source(error) {
+        let detail = source.to_string();
+        if !message.contains(&detail) {
+            message = format!("{message}: {detail}");
+        }
     }
+    CheckError { kind, message }
 }
 
 /// Turns libcurl's cumulative timers into per-phase durations. isahc reports name lookup and

@@ -1,0 +1,234 @@
+//! What the `kafka` sink and source share: client settings, secret redaction, and librdkafka's
+//! logs routed into slog.
+//!
+//! Settings are `brokers` plus an `options:` map handed to librdkafka as is (security.protocol,
+//! ssl.*, sasl.*, compression, linger…), over defaults each stage chooses. librdkafka may echo a
+//! setting's value in an error, and older rdkafka versions print secrets in `ClientConfig`'s
+//! Debug, so a `ClientConfig` is never logged, and every message built from a librdkafka error
+//! goes through [`redact`] first.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+use slog::{debug, error, info, warn};
+
+use crate::config::diagnostic::ConfigError;
+
+/// A librdkafka setting's value as written in YAML: a string, number or boolean.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum OptionValue {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl fmt::Display for OptionValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Text(s) => f.write_str(s),
+            Self::Integer(n) => write!(f, "{n}"),
+            Self::Float(x) => write!(f, "{x}"),
+            Self::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// Values are secrets, so Debug shows keys only.
+impl fmt::Debug for OptionValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<value>")
+    }
+}
+
+/// The `options:` map of a Kafka stage.
+pub type Options = BTreeMap<String, OptionValue>;
+
+/// Is this setting's value a secret (never to be shown)?
+pub fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "key",
+        "pem",
+        "token",
+        "jaas",
+        "credential",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
+/// Replaces the value of every secret option found in `message` with `***`.
+pub fn redact(message: &str, options: &Options) -> String {
+    let mut message = message.to_owned();
+    for (key, value) in options {
+        let value = value.to_string();
+        if is_secret(key) && value.len() >= 3 {
+            message = message.replace(&value, "***");
+        }
+    }
+    message
+}
+
+/// Builds the client settings: `defaults`, then `options` over them, then `brokers`. Errors
+/// name the offending option and never its value.
+pub fn client_config(
+    brokers: &str,
+    options: &Options,
+    defaults: &[(&str, &str)],
+) -> Result<ClientConfig, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    if brokers.trim().is_empty() {
+        errors.push(ConfigError::at(
+            "brokers",
+            "no brokers: give `host:port[,host:port…]`",
+        ));
+    }
+    if options.contains_key("bootstrap.servers") || options.contains_key("metadata.broker.list") {
+        errors.push(ConfigError::at(
+            "options",
+            "set the brokers with `brokers:`, not in `options`",
+        ));
+    }
+    let mut config = ClientConfig::new();
+    for (key, value) in defaults {
+        config.set(*key, *value);
+    }
+    for (key, value) in options {
+        config.set(key, value.to_string());
+    }
+    config.set("bootstrap.servers", brokers);
+    // librdkafka checks every name and value here, without connecting anywhere.
+    if let Err(e) = config.create_native_config() {
+        errors.push(ConfigError::at("options", redact(&e.to_string(), options)));
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(errors)
+    }
+}
+
+/// A client context that sends librdkafka's own logs and errors to slog, secrets redacted.
+pub struct SlogContext {
+    pub logger: slog::Logger,
+    pub options: Options,
+}
+
+impl ClientContext for SlogContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let message = redact(message, &self.options);
+        let logger = &self.logger;
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                error!(logger, "librdkafka: {message}"; "facility" => facility)
+            }
+            RDKafkaLogLevel::Warning => {
+                warn!(logger, "librdkafka: {message}"; "facility" => facility)
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                info!(logger, "librdkafka: {message}"; "facility" => facility)
+            }
+            RDKafkaLogLevel::Debug => {
+                debug!(logger, "librdkafka: {message}"; "facility" => facility)
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Broker connection errors repeat while a broker is down; they are worth seeing, once
+        // per occurrence librdkafka reports.
+        warn!(
+            self.logger,
+            "librdkafka: {}",
+            redact(&format!("{error}: {reason}"), &self.options)
+        );
+    }
+}
+
+impl ConsumerContext for SlogContext {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(pairs: &[(&str, &str)]) -> Options {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), OptionValue::Text((*v).to_owned())))
+            .collect()
+    }
+
+    #[test]
+    fn secret_values_are_redacted_and_never_debug_printed() {
+        let options = options(&[("sasl.password", "hunter22"), ("linger.ms", "5")]);
+        assert_eq!(
+            redact(
+                "bad value hunter22 for sasl.password, linger.ms 5",
+                &options
+            ),
+            "bad value *** for sasl.password, linger.ms 5"
+        );
+        assert!(!format!("{options:?}").contains("hunter22"));
+        assert!(
+            is_secret("ssl.key.pem") && is_secret("ssl.key.password") && !is_secret("linger.ms")
+        );
+    }
+
+    #[test]
+    fn bad_options_are_reported_by_name_without_their_value() {
+        let errors = client_config(
+            "127.0.0.1:9092",
+            &options(&[
+                ("no.such.setting", "x"),
+                ("sasl.password", "topsecretvalue"),
+            ]),
+            &[],
+        )
+        .err()
+        .unwrap();
+        assert_eq!(errors[0].field.as_deref(), Some("options"));
+        assert!(
+            errors[0].message.contains("no.such.setting"),
+            "{}",
+            errors[0].message
+        );
+
+        let errors = client_config(
+            "127.0.0.1:9092",
+            &options(&[
+                ("security.protocol", "topsecretvalue"),
+                ("sasl.password", "topsecretvalue"),
+            ]),
+            &[],
+        )
+        .err()
+        .unwrap();
+        assert!(
+            !errors[0].message.contains("topsecretvalue"),
+            "{}",
+            errors[0].message
+        );
+    }
+
+    #[test]
+    fn brokers_belong_in_brokers() {
+        let errors = client_config("", &options(&[("bootstrap.servers", "x:1")]), &[])
+            .err()
+            .unwrap();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_deref()).collect();
+        assert_eq!(fields, [Some("brokers"), Some("options")]);
+    }
+}

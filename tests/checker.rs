@@ -1,0 +1,277 @@
+//! The checker's stages end to end against local HTTP servers: one real YAML pipeline,
+//! `http_probe → regex_match → latency → capture`, probing every case once.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pipe::check::{CheckResult, ErrorKind, LatencyClass, SCHEMA_VERSION};
+use pipe::topology::RunOptions;
+use serde_json::Value;
+use support::http;
+use support::pipeline;
+
+struct Outcome {
+    result: CheckResult,
+    fields: serde_json::Map<String, Value>,
+    raw: Option<bytes::Bytes>,
+}
+
+/// Runs the pipeline until every target has reported once; returns the results by target.
+async fn check_all(targets: &str, extra: &str, count: usize) -> HashMap<String, Outcome> {
+    let channel = support::unique_name("checks");
+    let mut rx = pipeline::capture(&channel);
+    let yaml = format!(
+        "\
+sources:
+  probe:
+    type: http_probe
+    interval: 1s
+    timeout: 2s
+{extra}
+    targets:
+{targets}
+transforms:
+  body:
+    type: regex_match
+    inputs: [probe]
+  speed:
+    type: latency
+    inputs: [body]
+    slow: 400ms
+    critical: 1s
+sinks:
+  out:
+    type: capture
+    inputs: [speed]
+    channel: {channel}
+"
+    );
+    let running = pipeline::start(&yaml, RunOptions::default());
+    let mut outcomes = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while outcomes.len() < count {
+        let (fields, raw) = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {count} targets reported: {:?}",
+                    outcomes.len(),
+                    outcomes.keys()
+                )
+            })
+            .expect("the pipeline is running");
+        let result: CheckResult = serde_json::from_value(Value::Object(fields.clone()))
+            .unwrap_or_else(|e| panic!("not schema v1: {e}: {fields:?}"));
+        outcomes.entry(result.target.clone()).or_insert(Outcome {
+            result,
+            fields,
+            raw,
+        });
+    }
+    running.stop().await.expect("a clean stop");
+    outcomes
+}
+
+#[tokio::test]
+async fn every_case_becomes_a_typed_result() {
+    let server = http::start().await;
+    let tls = http::start_self_signed_tls();
+    let closed = http::closed_port();
+    let url = |path| server.url(path);
+    let tls_url = format!("https://localhost:{}/", tls.port());
+    let refused_url = format!("http://127.0.0.1:{closed}/");
+    let targets = [
+        ("match", url("/ok"), "regex: 'Aiven'"),
+        ("nomatch", url("/ok"), "regex: 'Nothing like this'"),
+        (
+            "captures",
+            url("/ok"),
+            r"regex: 'version (?P<major>\d+)\.(?P<minor>\d+)'",
+        ),
+        ("plain", url("/ok"), ""),
+        ("notfound", url("/status/404"), ""),
+        ("expected500", url("/status/500"), "expected_status: [500]"),
+        ("error500", url("/status/500"), ""),
+        ("redirects", url("/redirect/3"), ""),
+        ("noredirects", url("/redirect/1"), "follow_redirects: false"),
+        ("loop", url("/loop"), ""),
+        ("slow", url("/slow/3000"), "timeout: 500ms"),
+        ("sluggish", url("/slow/600"), ""),
+        ("refused", refused_url, ""),
+        ("nodns", "http://no-such-host.invalid/".to_owned(), ""),
+        ("selfsigned", tls_url, ""),
+        ("big", url("/big/2000000"), ""),
+        ("big-with-regex", url("/big/2000000"), "regex: 'x'"),
+    ]
+    .iter()
+    .map(|(name, url, extra)| format!("      - {{ name: {name}, url: '{url}', {extra} }}"))
+    .collect::<Vec<_>>()
+    .join("\n");
+    let results = check_all(&targets, "", 17).await;
+    let get = |name: &str| &results[name].result;
+    let kind = |name: &str| get(name).error.as_ref().map(|e| e.kind);
+
+    // A page that matches: up, with every phase that happened measured.
+    let ok = get("match");
+    assert_eq!(ok.schema_version, SCHEMA_VERSION);
+    assert_eq!(
+        (ok.status_code, ok.up, ok.regex_matched),
+        (Some(200), true, Some(true))
+    );
+    assert_eq!(ok.regex.as_deref(), Some("Aiven"));
+    assert_eq!(ok.method, "GET");
+    assert_eq!(ok.http_version.as_deref(), Some("HTTP/1.1"));
+    assert_eq!(
+        ok.remote_addr.as_deref(),
+        Some(server.addr.to_string().as_str())
+    );
+    assert_eq!(ok.body_bytes, Some(http::OK_PAGE.len() as u64));
+    assert_eq!(ok.latency_class, Some(LatencyClass::Ok));
+    assert!(ok.error.is_none());
+    assert_eq!(ok.timings_ms.dns, None, "an IP literal needs no DNS");
+    assert_eq!(ok.timings_ms.tls, None, "plain HTTP has no TLS");
+    assert!(ok.timings_ms.first_byte.is_some() && ok.timings_ms.transfer.is_some());
+    assert!(ok.response_time_ms > 0.0);
+    assert!(ok.started_at >= ok.scheduled_at);
+    assert_eq!(ok.check_id, pipe::check::check_id("match", ok.scheduled_at));
+    assert!(
+        results["match"].raw.is_none(),
+        "the body never leaves regex_match"
+    );
+
+    let nomatch = get("nomatch");
+    assert_eq!(
+        (nomatch.status_code, nomatch.up, nomatch.regex_matched),
+        (Some(200), false, Some(false))
+    );
+    assert!(nomatch.error.is_none());
+    assert_eq!(
+        results["captures"].fields["captures"],
+        serde_json::json!({"major": "4", "minor": "2"})
+    );
+    let plain = get("plain");
+    assert_eq!(
+        (plain.up, plain.regex.as_deref(), plain.regex_matched),
+        (true, None, None)
+    );
+
+    // Status codes: the default expects 200-399; expected_status overrides.
+    assert_eq!(
+        (get("notfound").status_code, get("notfound").up),
+        (Some(404), false)
+    );
+    assert!(
+        get("notfound").error.is_none(),
+        "a 404 is a response, not an error"
+    );
+    assert_eq!(
+        (get("expected500").status_code, get("expected500").up),
+        (Some(500), true)
+    );
+    assert_eq!(
+        (get("error500").status_code, get("error500").up),
+        (Some(500), false)
+    );
+
+    // Redirects are followed (up to 10), or not.
+    assert_eq!(
+        (get("redirects").status_code, get("redirects").up),
+        (Some(200), true)
+    );
+    assert_eq!(
+        (get("noredirects").status_code, get("noredirects").up),
+        (Some(302), true)
+    );
+    assert_eq!(kind("loop"), Some(ErrorKind::TooManyRedirects));
+    assert!(!get("loop").up);
+
+    // Time: a response slower than the timeout is a timeout, measured as such.
+    let slow = get("slow");
+    assert_eq!(kind("slow"), Some(ErrorKind::Timeout));
+    assert_eq!((slow.up, slow.status_code), (false, None));
+    assert!(
+        (450.0..2_000.0).contains(&slow.response_time_ms),
+        "{}",
+        slow.response_time_ms
+    );
+    assert_eq!(get("sluggish").latency_class, Some(LatencyClass::Slow));
+    assert!(
+        get("sluggish").up,
+        "slow is not down unless down_when says so"
+    );
+
+    // Network failures are results with typed reasons.
+    assert_eq!(kind("refused"), Some(ErrorKind::Connect));
+    assert_eq!(kind("nodns"), Some(ErrorKind::Dns));
+    assert_eq!(kind("selfsigned"), Some(ErrorKind::Tls));
+    for name in ["refused", "nodns", "selfsigned"] {
+        let result = get(name);
+        assert!(!result.up && result.status_code.is_none(), "{name}");
+        assert!(!result.error.as_ref().unwrap().message.is_empty());
+        assert!(result.response_time_ms >= 0.0);
+    }
+
+    // Bodies are read up to max_body_bytes (1 MiB by default), never more.
+    for name in ["big", "big-with-regex"] {
+        let big = get(name);
+        assert_eq!(kind(name), Some(ErrorKind::BodyTooLarge), "{name}");
+        assert_eq!(
+            (big.status_code, big.body_bytes, big.up),
+            (Some(200), Some(1 << 20), false)
+        );
+        assert_eq!(big.regex_matched, None, "an incomplete body is not matched");
+        assert!(results[name].raw.is_none());
+    }
+}
+
+#[tokio::test]
+async fn max_body_bytes_and_keep_bodies_are_honoured() {
+    let server = http::start().await;
+    let targets = format!(
+        "      - {{ name: small-limit, url: '{}' }}\n      - {{ name: fits, url: '{}' }}",
+        server.url("/big/200"),
+        server.url("/big/100"),
+    );
+    let results = check_all(&targets, "    max_body_bytes: 150", 2).await;
+    assert_eq!(
+        results["small-limit"].result.error.as_ref().map(|e| e.kind),
+        Some(ErrorKind::BodyTooLarge)
+    );
+    assert_eq!(results["small-limit"].result.body_bytes, Some(150));
+    assert_eq!(results["fits"].result.body_bytes, Some(100));
+    assert!(results["fits"].result.up);
+}
+
+#[tokio::test]
+async fn an_invalid_regex_is_a_located_validation_error() {
+    let yaml = "\
+sources:
+  probe:
+    type: http_probe
+    targets:
+      - url: https://example.com
+      - name: broken
+        url: https://example.org
+        regex: '(unclosed'
+sinks:
+  out:
+    type: console
+    inputs: [probe]
+";
+    let errors = pipe::compiler::from_str(
+        "checker.yaml",
+        yaml,
+        &|_| None,
+        &pipeline::registry(),
+        &pipeline::logger(),
+    )
+    .err()
+    .expect("an invalid regex must fail validation");
+    let text = errors.to_string();
+    assert!(
+        text.starts_with("checker.yaml:8:9: error: source `probe` (type http_probe): targets[1]: target `broken`: invalid regex:"),
+        "{text}"
+    );
+}

@@ -1,0 +1,126 @@
+//! Running real pipelines from YAML inside a test, with a `capture` sink that hands every event
+//! it receives to the test.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pipe::topology::{self, RunError, RunOptions};
+use pipe::{
+    AckStatus, BoxError, BuildContext, ConfigError, Fields, Input, Registry, Sink, SinkContext,
+    StageConfig,
+};
+use serde::Deserialize;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+type Captured = (Fields, Option<Bytes>);
+
+fn channels() -> &'static Mutex<HashMap<String, mpsc::UnboundedSender<Captured>>> {
+    static CHANNELS: OnceLock<Mutex<HashMap<String, mpsc::UnboundedSender<Captured>>>> =
+        OnceLock::new();
+    CHANNELS.get_or_init(Default::default)
+}
+
+/// The events a `capture` sink with `channel: name` receives.
+pub fn capture(name: &str) -> mpsc::UnboundedReceiver<Captured> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    channels().lock().unwrap().insert(name.to_owned(), tx);
+    rx
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// The name the test passed to `capture`.
+    channel: String,
+}
+
+impl StageConfig for CaptureConfig {
+    const TYPE: &'static str = "capture";
+    const DESCRIPTION: &'static str = "hands events to the test";
+    type Stage = dyn Sink;
+
+    fn build(self, _cx: &BuildContext) -> Result<Box<dyn Sink>, Vec<ConfigError>> {
+        let tx = channels()
+            .lock()
+            .unwrap()
+            .get(&self.channel)
+            .cloned()
+            .ok_or_else(|| ConfigError::at("channel", "call capture() first"))?;
+        Ok(Box::new(Capture { tx }))
+    }
+}
+
+struct Capture {
+    tx: mpsc::UnboundedSender<Captured>,
+}
+
+#[async_trait]
+impl Sink for Capture {
+    async fn run(self: Box<Self>, mut input: Input, _cx: SinkContext) -> Result<(), BoxError> {
+        while let Some(mut event) = input.recv().await {
+            let raw = event.take_raw();
+            let _ = self.tx.send((event.fields().clone(), raw));
+            event.finish(AckStatus::Delivered);
+        }
+        Ok(())
+    }
+}
+
+pub fn registry() -> Registry {
+    let mut registry = Registry::with_builtins();
+    registry.register::<CaptureConfig>();
+    registry
+}
+
+pub fn logger() -> slog::Logger {
+    if std::env::var_os("PIPE_TEST_LOG").is_some() {
+        pipe::logging::logger(
+            pipe::logging::LogLevel::Debug,
+            pipe::logging::LogFormat::Text,
+        )
+    } else {
+        slog::Logger::root(slog::Discard, slog::o!())
+    }
+}
+
+/// A pipeline running in the background until `stop`.
+pub struct Running {
+    stop: Arc<Notify>,
+    handle: JoinHandle<Result<(), RunError>>,
+}
+
+impl Running {
+    /// Asks the pipeline to stop and waits for it.
+    pub async fn stop(self) -> Result<(), RunError> {
+        self.stop.notify_one();
+        self.handle.await.expect("the pipeline task")
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
+/// Validates and starts the pipeline in `yaml` (with `${VAR}`s from the environment).
+pub fn start(yaml: &str, options: RunOptions) -> Running {
+    let pipeline = pipe::compiler::from_str(
+        "test.yaml",
+        yaml,
+        &|var| std::env::var(var).ok(),
+        &registry(),
+        &logger(),
+    )
+    .unwrap_or_else(|d| panic!("invalid test pipeline:\n{d}"));
+    let stop = Arc::new(Notify::new());
+    let signal = Arc::clone(&stop);
+    let handle = tokio::spawn(topology::run(
+        pipeline,
+        options,
+        async move { signal.notified().await },
+        logger(),
+    ));
+    Running { stop, handle }
+}
