@@ -315,7 +315,7 @@ impl StageConfig for HttpProbeConfig {
         if !errors.is_empty() {
             return Err(errors);
         }
-        info!(cx.logger, "targets loaded"; "targets" => targets.len());
+        slog::debug!(cx.logger, "targets loaded"; "targets" => targets.len());
         Ok(Box::new(HttpProbe {
             targets,
             client: client.expect("no errors, so a client"),
