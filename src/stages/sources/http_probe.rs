@@ -298,19 +298,26 @@ impl StageConfig for HttpProbeConfig {
             }
         }
 
-        let mut client = HttpClient::builder().metrics(true);
-        if !self.reuse_connections {
-            client = client.connection_cache_size(0).dns_cache(DnsCache::Disable);
-        }
-        let client = match client.build() {
-            Ok(client) => Some(client),
-            Err(e) => {
-                errors.push(ConfigError::new(format!(
-                    "cannot create the HTTP client: {e}"
-                )));
-                None
+        // Each client has one agent thread running libcurl's event loop, which also does the
+        // kernel's TCP work of every connection it opens: one client per core, so checks are
+        // not bound to a single thread.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut clients = Vec::with_capacity(cores);
+        for _ in 0..cores.min(targets.len().max(1)) {
+            let mut client = HttpClient::builder().metrics(true);
+            if !self.reuse_connections {
+                client = client.connection_cache_size(0).dns_cache(DnsCache::Disable);
             }
-        };
+            match client.build() {
+                Ok(client) => clients.push(client),
+                Err(e) => {
+                    errors.push(ConfigError::new(format!(
+                        "cannot create the HTTP client: {e}"
+                    )));
+                    break;
+                }
+            }
+        }
 
         if !errors.is_empty() {
             return Err(errors);
@@ -318,7 +325,7 @@ impl StageConfig for HttpProbeConfig {
         slog::debug!(cx.logger, "targets loaded"; "targets" => targets.len());
         Ok(Box::new(HttpProbe {
             targets,
-            client: client.expect("no errors, so a client"),
+            clients,
             concurrency: self.concurrency,
             max_body_bytes: self.max_body_bytes,
             keep_bodies: self.keep_bodies,
@@ -454,7 +461,8 @@ pub fn redact_url(url: &str) -> String {
 
 struct HttpProbe {
     targets: Vec<Target>,
-    client: HttpClient,
+    /// Target `i` is always checked by client `i % clients.len()`.
+    clients: Vec<HttpClient>,
     concurrency: usize,
     max_body_bytes: u64,
     keep_bodies: bool,
@@ -465,7 +473,7 @@ impl Source for HttpProbe {
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), BoxError> {
         let HttpProbe {
             targets,
-            client,
+            clients,
             concurrency,
             max_body_bytes,
             keep_bodies,
@@ -492,7 +500,7 @@ impl Source for HttpProbe {
             &cx.logger,
             |slot| {
                 let targets = Arc::clone(&targets);
-                let client = client.clone();
+                let client = clients[slot.entry % clients.len()].clone();
                 let mut out = out.clone();
                 let logger = logger.clone();
                 async move {

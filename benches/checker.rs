@@ -1,0 +1,177 @@
+//! The checker under load, against a local HTTP server: checks per second with fresh
+//! connections, scheduling lateness with many targets, and resident memory.
+//!
+//! `scripts/bench-checker` runs it next to `wrk` against the same nginx; by hand:
+//!
+//! ```sh
+//! cargo bench --bench checker -- throughput --url http://127.0.0.1:18090/ [--targets 10000]
+//!     [--interval 1s] [--concurrency 64] [--seconds 10]
+//! cargo bench --bench checker -- schedule --url http://127.0.0.1:18090/ [--targets 10000]
+//!     [--interval 20s] [--seconds 60]
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use pipe::topology::{self, RunOptions};
+use pipe::{
+    AckStatus, BoxError, BuildContext, ConfigError, Input, Registry, Sink, SinkContext, StageConfig,
+};
+use serde::Deserialize;
+
+/// What the counting sink saw: arrival time, status code, lateness in ms.
+type Seen = (Instant, Option<u64>, f64);
+
+fn seen() -> &'static Mutex<Vec<Seen>> {
+    static SEEN: OnceLock<Mutex<Vec<Seen>>> = OnceLock::new();
+    SEEN.get_or_init(Default::default)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CountConfig {}
+
+impl StageConfig for CountConfig {
+    const TYPE: &'static str = "count";
+    const DESCRIPTION: &'static str = "records results for the benchmark";
+    type Stage = dyn Sink;
+
+    fn build(self, _cx: &BuildContext) -> Result<Box<dyn Sink>, Vec<ConfigError>> {
+        Ok(Box::new(Count))
+    }
+}
+
+struct Count;
+
+fn time(value: &serde_json::Value) -> SystemTime {
+    humantime::parse_rfc3339(value.as_str().unwrap()).unwrap()
+}
+
+#[async_trait]
+impl Sink for Count {
+    async fn run(self: Box<Self>, mut input: Input, _cx: SinkContext) -> Result<(), BoxError> {
+        while let Some(event) = input.recv().await {
+            let lateness = time(&event.fields()["started_at"])
+                .duration_since(time(&event.fields()["scheduled_at"]))
+                .unwrap_or_default();
+            let status = event.fields()["status_code"].as_u64();
+            seen()
+                .lock()
+                .unwrap()
+                .push((Instant::now(), status, lateness.as_secs_f64() * 1000.0));
+            event.finish(AckStatus::Delivered);
+        }
+        Ok(())
+    }
+}
+
+fn memory_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let Some(mode) = args.first().cloned() else {
+        eprintln!("usage: checker throughput|schedule --url URL [--targets N] [--interval D] [--concurrency N] [--seconds N]");
+        std::process::exit(2);
+    };
+    let mut options: HashMap<String, String> = HashMap::new();
+    for pair in args[1..].chunks(2) {
+        if let [key, value] = pair {
+            options.insert(key.trim_start_matches("--").to_owned(), value.clone());
+        }
+    }
+    let get = |key: &str, default: &str| {
+        options
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| default.to_owned())
+    };
+    let url = get("url", "http://127.0.0.1:18090/");
+    let (default_interval, default_seconds, default_concurrency) = match mode.as_str() {
+        "throughput" => ("1s", "10", "64"),
+        "schedule" => ("20s", "60", "100"),
+        other => panic!("unknown mode {other}"),
+    };
+    let targets: usize = get("targets", "10000").parse().unwrap();
+    let interval = get("interval", default_interval);
+    let seconds: u64 = get("seconds", default_seconds).parse().unwrap();
+    let concurrency = get("concurrency", default_concurrency);
+
+    let dir = tempfile::tempdir().unwrap();
+    let list: String = (0..targets)
+        .map(|i| format!("- {{ name: t{i}, url: '{url}?t={i}' }}\n"))
+        .collect();
+    std::fs::write(dir.path().join("targets.yaml"), list).unwrap();
+    let yaml = format!(
+        "sources:\n  probe:\n    type: http_probe\n    interval: {interval}\n    timeout: 5s\n    concurrency: {concurrency}\n    targets_file: targets.yaml\nsinks:\n  count:\n    type: count\n    inputs: [probe]\n"
+    );
+    std::fs::write(dir.path().join("bench.yaml"), &yaml).unwrap();
+
+    let mut registry = Registry::with_builtins();
+    registry.register::<CountConfig>();
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let rss_before = memory_kib("VmRSS:");
+    let (warmup, measured) = runtime.block_on(async {
+        let pipeline = pipe::compiler::load(&dir.path().join("bench.yaml"), &registry, &logger)
+            .unwrap_or_else(|d| panic!("{d}"));
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let signal = Arc::clone(&stop);
+        let run = tokio::spawn(topology::run(
+            pipeline,
+            RunOptions::default(),
+            async move { signal.notified().await },
+            logger.clone(),
+        ));
+        let warmup_end = Instant::now() + Duration::from_secs(3);
+        tokio::time::sleep_until(warmup_end.into()).await;
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let end = Instant::now();
+        stop.notify_one();
+        run.await.unwrap().unwrap();
+        (warmup_end, end)
+    });
+    let seen = seen().lock().unwrap();
+    let window: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.0 >= warmup && s.0 <= measured)
+        .collect();
+    let elapsed = measured.duration_since(warmup).as_secs_f64();
+    let ok = window.iter().filter(|s| s.1 == Some(200)).count();
+    println!("mode={mode} targets={targets} interval={interval} concurrency={concurrency} seconds={seconds}");
+    println!("checks_per_second={:.0}", window.len() as f64 / elapsed);
+    println!("ok_checks_per_second={:.0}", ok as f64 / elapsed);
+    let mut lateness: Vec<f64> = window.iter().map(|s| s.2).collect();
+    lateness.sort_by(f64::total_cmp);
+    if !lateness.is_empty() {
+        println!(
+            "lateness_ms p50={:.0} p99={:.0} max={:.0} (n={})",
+            percentile(&lateness, 0.5),
+            percentile(&lateness, 0.99),
+            lateness[lateness.len() - 1],
+            lateness.len()
+        );
+    }
+    println!(
+        "rss_mib start={:.1} peak={:.1} end={:.1}",
+        rss_before as f64 / 1024.0,
+        memory_kib("VmHWM:") as f64 / 1024.0,
+        memory_kib("VmRSS:") as f64 / 1024.0
+    );
+}

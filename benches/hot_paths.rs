@@ -1,0 +1,187 @@
+//! Criterion micro-benchmarks of the per-check hot paths: encoding a result, the regex
+//! transform, and the executor's cost per event. Run: `cargo bench --bench hot_paths`.
+
+use std::hint::black_box;
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use pipe::check::{check_id, CheckResult, LatencyClass, Timings, SCHEMA_VERSION};
+use pipe::compiler::{CompiledPipeline, CompiledStage};
+use pipe::registry::{BuiltStage, StageKind};
+use pipe::stages::transforms::regex_match::RegexMatchConfig;
+use pipe::topology::{self, RunOptions};
+use pipe::{
+    AckStatus, BoxError, BuildContext, Event, Input, Sink, SinkContext, Source, SourceContext,
+    StageConfig, Transform,
+};
+
+fn result() -> CheckResult {
+    let scheduled_at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    CheckResult {
+        schema_version: SCHEMA_VERSION,
+        check_id: check_id("https://www.example.com/", scheduled_at),
+        target: "https://www.example.com/".into(),
+        url: "https://www.example.com/".into(),
+        method: "GET".into(),
+        scheduled_at,
+        started_at: scheduled_at + Duration::from_millis(3),
+        response_time_ms: 182.417,
+        timings_ms: Timings {
+            dns: Some(12.05),
+            connect: Some(24.1),
+            tls: Some(51.3),
+            first_byte: Some(88.2),
+            transfer: Some(6.7),
+        },
+        status_code: Some(200),
+        error: None,
+        regex: Some("Example Domain".into()),
+        regex_matched: Some(true),
+        latency_class: Some(LatencyClass::Ok),
+        up: true,
+        body_bytes: Some(1256),
+        remote_addr: Some("93.184.215.14:443".into()),
+        http_version: Some("HTTP/2".into()),
+        captures: None,
+    }
+}
+
+fn encoding(c: &mut Criterion) {
+    let result = result();
+    c.bench_function(
+        "encode result (struct -> event fields -> JSON bytes)",
+        |b| {
+            b.iter(|| {
+                let fields = black_box(result.clone()).into_fields();
+                black_box(serde_json::to_vec(&fields).unwrap())
+            })
+        },
+    );
+}
+
+fn regex(c: &mut Criterion) {
+    let cx = BuildContext {
+        stage_id: "body".into(),
+        base_dir: ".".into(),
+        logger: slog::Logger::root(slog::Discard, slog::o!()),
+    };
+    let mut stage = RegexMatchConfig::default()
+        .build(&cx)
+        .unwrap_or_else(|_| panic!("build"));
+    let mut page = "<p>lorem ipsum dolor sit amet</p>\n".repeat(500); // about 17 KiB
+    page.push_str("<footer>Powered by Aiven</footer>");
+    let body = Bytes::from(page);
+    let fields = result().into_fields();
+    let mut group = c.benchmark_group("regex_match");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("17 KiB page, match near the end", |b| {
+        let mut out = Vec::with_capacity(1);
+        b.iter(|| {
+            let mut event = Event::new(fields.clone()).with_raw(body.clone());
+            event.insert("regex", "Powered by (?P<vendor>\\w+)");
+            stage.transform(event, &mut out).unwrap();
+            black_box(out.pop())
+        })
+    });
+    group.finish();
+}
+
+struct Emit(u64);
+
+#[async_trait]
+impl Source for Emit {
+    async fn run(self: Box<Self>, mut cx: SourceContext) -> Result<(), BoxError> {
+        let fields = result().into_fields();
+        for _ in 0..self.0 {
+            cx.out.send(Event::new(fields.clone())).await?;
+        }
+        Ok(())
+    }
+}
+
+struct Pass;
+
+impl Transform for Pass {
+    fn transform(&mut self, event: Event, out: &mut Vec<Event>) -> Result<(), BoxError> {
+        out.push(event);
+        Ok(())
+    }
+}
+
+struct Drain;
+
+#[async_trait]
+impl Sink for Drain {
+    async fn run(self: Box<Self>, mut input: Input, _cx: SinkContext) -> Result<(), BoxError> {
+        let mut batch = Vec::new();
+        while input.recv_many(&mut batch, 256).await > 0 {
+            for event in batch.drain(..) {
+                event.finish(AckStatus::Delivered);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn executor(c: &mut Criterion) {
+    const EVENTS: u64 = 20_000;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stage = |id: &str, kind, inputs: &[&str], stage| CompiledStage {
+        id: id.into(),
+        type_name: "bench".into(),
+        kind,
+        inputs: inputs.iter().map(|s| (*s).to_owned()).collect(),
+        stage,
+    };
+    let mut group = c.benchmark_group("executor");
+    group.throughput(Throughput::Elements(EVENTS));
+    group.sample_size(20);
+    group.bench_function("source -> 2 transforms -> sink, per event", |b| {
+        b.iter(|| {
+            let pipeline = CompiledPipeline {
+                name: "bench".into(),
+                stages: vec![
+                    stage(
+                        "src",
+                        StageKind::Source,
+                        &[],
+                        BuiltStage::Source(Box::new(Emit(EVENTS))),
+                    ),
+                    stage(
+                        "a",
+                        StageKind::Transform,
+                        &["src"],
+                        BuiltStage::Transform(Box::new(Pass)),
+                    ),
+                    stage(
+                        "b",
+                        StageKind::Transform,
+                        &["a"],
+                        BuiltStage::Transform(Box::new(Pass)),
+                    ),
+                    stage(
+                        "out",
+                        StageKind::Sink,
+                        &["b"],
+                        BuiltStage::Sink(Box::new(Drain)),
+                    ),
+                ],
+                warnings: Vec::new(),
+            };
+            runtime
+                .block_on(topology::run(
+                    pipeline,
+                    RunOptions::default(),
+                    std::future::pending(),
+                    slog::Logger::root(slog::Discard, slog::o!()),
+                ))
+                .unwrap();
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, encoding, regex, executor);
+criterion_main!(benches);
