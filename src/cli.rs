@@ -61,6 +61,12 @@ enum Command {
     },
     /// List the stage types this binary knows, with their settings.
     Stages,
+    /// Apply the database migrations in `migrations/` that have not run yet.
+    Migrate {
+        /// The PostgreSQL URL (libpq style, `sslmode` and `sslrootcert` understood).
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
 }
 
 /// Parses the command line and runs it with the stages in `registry`.
@@ -88,6 +94,7 @@ pub fn main(registry: Registry) -> ExitCode {
                 print!("{}", describe_stages(&registry));
                 ExitCode::SUCCESS
             }
+            Command::Migrate { database_url } => migrate(&logger, &database_url).await,
         }
     })
 }
@@ -194,6 +201,41 @@ fn graph(registry: &Registry, logger: &slog::Logger, file: PathBuf) -> ExitCode 
         }
         None => {
             warn!(logger, "no graph: the pipeline is not valid");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(logger: &slog::Logger, url: &str) -> ExitCode {
+    let database = match crate::database::Database::from_url(url) {
+        Ok(database) => database,
+        Err(message) => {
+            error!(logger, "{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let target = database.to_string();
+    // The sync client must not run on a runtime thread.
+    let result = tokio::task::spawn_blocking(move || {
+        let mut client = database.connect()?;
+        crate::migrate::apply(&mut client)
+    })
+    .await;
+    match result {
+        Ok(Ok(applied)) if applied.is_empty() => {
+            info!(logger, "the database is up to date"; "database" => &target);
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(applied)) => {
+            info!(logger, "migrations applied"; "database" => &target, "versions" => ?applied);
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            error!(logger, "migration failed"; "database" => &target, "error" => %e);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            error!(logger, "migration task failed"; "error" => %e);
             ExitCode::FAILURE
         }
     }

@@ -12,6 +12,19 @@ use crate::ack::{AckHandle, AckStatus};
 /// The fields of an event: a JSON object.
 pub type Fields = Map<String, Value>;
 
+/// The field that marks a dead letter: an input the source could not decode. Its value is
+/// `{"error": "…"}`; the raw bytes and the [`Origin`] travel with the event. Sinks that store
+/// dead letters (the `postgres` sink) recognise it.
+pub const DEAD_LETTER: &str = "dead_letter";
+
+/// Where an event came from, for sources with positions: a Kafka topic, partition and offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub topic: std::sync::Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
 /// One record flowing through the pipeline.
 ///
 /// Cloning an event (as fan-out does) clones its acknowledgement handle too: the source is told
@@ -20,6 +33,7 @@ pub type Fields = Map<String, Value>;
 pub struct Event {
     fields: Fields,
     raw: Option<Bytes>,
+    origin: Option<Box<Origin>>,
     ack: Option<AckHandle>,
 }
 
@@ -29,8 +43,39 @@ impl Event {
         Self {
             fields,
             raw: None,
+            origin: None,
             ack: None,
         }
+    }
+
+    /// A dead letter: an input that could not be decoded, kept whole with why and where from.
+    pub fn dead_letter(error: impl Into<String>, raw: Bytes, origin: Option<Origin>) -> Self {
+        let mut fields = Fields::new();
+        let mut detail = Fields::new();
+        detail.insert("error".to_owned(), Value::String(error.into()));
+        fields.insert(DEAD_LETTER.to_owned(), Value::Object(detail));
+        Self {
+            fields,
+            raw: Some(raw),
+            origin: origin.map(Box::new),
+            ack: None,
+        }
+    }
+
+    /// Records where the event came from.
+    #[must_use]
+    pub fn with_origin(mut self, origin: Origin) -> Self {
+        self.origin = Some(Box::new(origin));
+        self
+    }
+
+    pub fn origin(&self) -> Option<&Origin> {
+        self.origin.as_deref()
+    }
+
+    /// The error of a dead letter, `None` for any other event.
+    pub fn dead_letter_error(&self) -> Option<&str> {
+        self.fields.get(DEAD_LETTER)?.get("error")?.as_str()
     }
 
     /// Attaches bytes that travel with the event but are not among its fields, so no sink

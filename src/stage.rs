@@ -78,6 +78,17 @@ impl Output {
         Self { senders }
     }
 
+    /// Waits until every reader's channel has room for one event, and holds that room. Unlike
+    /// [`Output::send`], this can be abandoned (in a `select!`) without losing an event: the
+    /// event is handed over only once there is room, with [`Permit::send`].
+    pub async fn reserve(&self) -> Result<Permit<'_>, DownstreamClosed> {
+        let mut permits = Vec::with_capacity(self.senders.len());
+        for sender in &self.senders {
+            permits.push(sender.reserve().await.map_err(|_| DownstreamClosed)?);
+        }
+        Ok(Permit { permits })
+    }
+
     /// Sends `event` to every reader, waiting while any of their channels is full.
     pub async fn send(&mut self, event: Event) -> Result<(), DownstreamClosed> {
         let Some((last, rest)) = self.senders.split_last() else {
@@ -92,6 +103,26 @@ impl Output {
                 .map_err(|_| DownstreamClosed)?;
         }
         last.send(event).await.map_err(|_| DownstreamClosed)
+    }
+}
+
+/// Room for one event in every reader's channel, from [`Output::reserve`].
+pub struct Permit<'a> {
+    permits: Vec<mpsc::Permit<'a, Event>>,
+}
+
+impl Permit<'_> {
+    /// Hands `event` (a copy to each reader) over, without waiting.
+    pub fn send(self, event: Event) {
+        let mut permits = self.permits;
+        let Some(last) = permits.pop() else {
+            event.discard();
+            return;
+        };
+        for permit in permits {
+            permit.send(event.clone());
+        }
+        last.send(event);
     }
 }
 

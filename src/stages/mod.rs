@@ -13,8 +13,10 @@ pub fn register_builtins(registry: &mut Registry) {
     registry
         .register::<sources::generate::GenerateConfig>()
         .register::<sources::http_probe::HttpProbeConfig>()
+        .register::<sources::kafka::KafkaSourceConfig>()
         .register::<transforms::regex_match::RegexMatchConfig>()
         .register::<transforms::latency::LatencyConfig>()
         .register::<sinks::console::ConsoleConfig>()
-        .register::<sinks::kafka::KafkaSinkConfig>();
+        .register::<sinks::kafka::KafkaSinkConfig>()
+        .register::<sinks::postgres::PostgresSinkConfig>();
 }

@@ -10,7 +10,9 @@
 
 pub mod http;
 pub mod pipeline;
+pub mod pg;
 pub mod tls;
+pub mod writer;
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU32, Ordering};

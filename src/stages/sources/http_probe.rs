@@ -34,6 +34,7 @@ use crate::event::Event;
 use crate::registry::{BuildContext, StageConfig};
 use crate::schedule::{self, Clock, Entry};
 use crate::stage::{BoxError, Source, SourceContext};
+use crate::secrets::redact_url;
 use crate::stages::transforms::regex_match::compile_pattern;
 
 /// Redirects followed at most when `follow_redirects` is on.
@@ -435,30 +436,6 @@ fn resolve_target(
     })
 }
 
-/// `https://user:secret@host/` → `https://user:***@host/`.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let authority_end = url[scheme_end..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| scheme_end + i);
-    let authority = &url[scheme_end..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
-            format!("{}{masked}{}", &url[..scheme_end], &url[scheme_end + at..])
-        }
-        None => url.to_owned(),
-    }
-}
-
 struct HttpProbe {
     targets: Vec<Target>,
     /// Target `i` is always checked by client `i % clients.len()`.
@@ -829,22 +806,6 @@ mod tests {
             errors[0].message.contains("line 2"),
             "{}",
             errors[0].message
-        );
-    }
-
-    #[test]
-    fn urls_in_results_never_carry_passwords() {
-        assert_eq!(
-            redact_url("https://user:s3cret@example.com/x?a=b"),
-            "https://user:***@example.com/x?a=b"
-        );
-        assert_eq!(
-            redact_url("https://token@example.com/"),
-            "https://token@example.com/"
-        );
-        assert_eq!(
-            redact_url("https://example.com/a@b"),
-            "https://example.com/a@b"
         );
     }
 

@@ -2,3 +2,4 @@
 
 pub mod generate;
 pub mod http_probe;
+pub mod kafka;

@@ -1,0 +1,732 @@
+//! `postgres`: stores check results (and dead letters) in PostgreSQL, each exactly once.
+//!
+//! Events are cut into batches by `batch_size` and `batch_timeout`; each batch is one
+//! transaction: its targets, its checks (one `INSERT … SELECT FROM unnest(…)` with
+//! `ON CONFLICT DO NOTHING`, so a check delivered twice is stored once) and its dead letters.
+//! Events are acknowledged only after the commit.
+//!
+//! Transient failures (connection lost, server shutting down or out of connections,
+//! serialization failure, deadlock) are retried with capped exponential backoff, acknowledging
+//! nothing meanwhile; the pipeline backs up behind the sink, and the Kafka source pauses. A
+//! permanent failure caused by one row (a constraint, a value out of range) is isolated: the
+//! batch is written again row by row, each under a savepoint, the failing rows go to
+//! `dead_letters` with the database's error, and the rest are stored.
+//!
+//! The synchronous `postgres` client runs its own runtime, so every step that touches the pool
+//! (checkout, queries, and returning the connection) happens inside one `spawn_blocking`
+//! closure. Such work cannot be cancelled; the connection and statement timeouts bound it.
+//!
+//! The schema is `migrations/` (applied at start with `migrate: true`). The sink creates the
+//! daily partitions of `checks` ahead of time and for any day a batch needs, and with
+//! `retention` drops whole partitions once they are older.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use postgres_openssl::MakeTlsConnector;
+use r2d2::Pool;
+use r2d2_postgres::PostgresConnectionManager;
+use serde::Deserialize;
+use serde_json::Value;
+use slog::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::ack::AckStatus;
+use crate::check::CheckResult;
+use crate::config::diagnostic::ConfigError;
+use crate::config::duration;
+use crate::database::{self, Database, DropOffRuntime};
+use crate::event::Event;
+use crate::registry::{BuildContext, StageConfig};
+use crate::stage::{BoxError, Input, Sink, SinkContext};
+
+type PgPool = Pool<PostgresConnectionManager<MakeTlsConnector>>;
+
+fn default_batch_size() -> usize {
+    1000
+}
+fn default_batch_timeout() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_pool_size() -> u32 {
+    4
+}
+fn default_partitions_ahead() -> u32 {
+    7
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkConfig {
+    /// libpq-style URL: `postgres://user:password@host:port/db?sslmode=require&sslrootcert=ca.pem`.
+    pub url: String,
+    /// Most events in one transaction. Default 1000.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Longest wait for a batch to fill once it has its first event. Default `200ms`.
+    #[serde(default = "default_batch_timeout", with = "duration")]
+    pub batch_timeout: Duration,
+    /// Apply the migrations in `migrations/` when the sink starts. Default `false`.
+    #[serde(default)]
+    pub migrate: bool,
+    /// Drop daily partitions of checks older than this, such as `400d`. Default: keep all.
+    #[serde(default, with = "duration::option")]
+    pub retention: Option<Duration>,
+    /// Days of partitions created ahead of today. Default 7.
+    #[serde(default = "default_partitions_ahead")]
+    pub partitions_ahead: u32,
+    /// Connections in the pool. Default 4.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// Longest pause between two attempts of a failing write. Default `30s`.
+    #[serde(default = "default_max_backoff", with = "duration")]
+    pub max_backoff: Duration,
+}
+
+impl StageConfig for PostgresSinkConfig {
+    const TYPE: &'static str = "postgres";
+    const DESCRIPTION: &'static str =
+        "stores check results in PostgreSQL once each, in batches, dead-lettering what cannot be stored";
+    type Stage = dyn Sink;
+
+    fn build(self, _cx: &BuildContext) -> Result<Box<dyn Sink>, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        if self.batch_size == 0 {
+            errors.push(ConfigError::at("batch_size", "a batch holds at least 1 event"));
+        }
+        if self.pool_size == 0 {
+            errors.push(ConfigError::at("pool_size", "the pool needs at least 1 connection"));
+        }
+        if self.retention.is_some_and(|r| r < Duration::from_secs(86_400)) {
+            errors.push(ConfigError::at("retention", "retention is counted in whole days: at least 1d"));
+        }
+        let database = match Database::from_url(&self.url) {
+            Ok(database) => Some(database),
+            Err(message) => {
+                errors.push(ConfigError::at("url", message));
+                None
+            }
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let database = database.expect("no errors, so a database");
+        // Unchecked: no connection is made until the first write, so a pipeline starts (and
+        // validates) while the database is down, and recovers when it comes up.
+        let pool = Pool::builder()
+            .max_size(self.pool_size)
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_secs(10))
+            .build_unchecked(database.manager());
+        Ok(Box::new(PostgresSink {
+            pool: DropOffRuntime::new(pool),
+            database: database.to_string(),
+            config: self,
+        }))
+    }
+}
+
+struct PostgresSink {
+    pool: DropOffRuntime<PgPool>,
+    /// The URL with its password hidden, for messages.
+    database: String,
+    config: PostgresSinkConfig,
+}
+
+/// A check, in the columns of the `checks` table.
+#[derive(Debug, Clone)]
+struct Row {
+    checked_at: SystemTime,
+    check_id: Uuid,
+    target: String,
+    start_delay_ms: i32,
+    response_time_us: i32,
+    dns_us: Option<i32>,
+    connect_us: Option<i32>,
+    tls_us: Option<i32>,
+    first_byte_us: Option<i32>,
+    transfer_us: Option<i32>,
+    body_bytes: Option<i32>,
+    remote_port: Option<i32>,
+    error_kind: Option<&'static str>,
+    latency_class: Option<&'static str>,
+    status_code: Option<i16>,
+    http_version: Option<i16>,
+    up: bool,
+    regex_matched: Option<bool>,
+    remote_ip: Option<std::net::IpAddr>,
+    error_message: Option<String>,
+    captures: Option<Value>,
+}
+
+/// A target's identity and latest settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TargetRow {
+    name: String,
+    url: String,
+    method: String,
+    regex: Option<String>,
+}
+
+/// Something that could not be stored as a check.
+#[derive(Debug, Clone)]
+struct DeadLetter {
+    topic: Option<String>,
+    partition: Option<i32>,
+    offset: Option<i64>,
+    error: String,
+    payload: Vec<u8>,
+}
+
+/// Milliseconds (schema v1) to whole microseconds in an `integer` column.
+fn micros(ms: f64, field: &str) -> Result<i32, String> {
+    let us = (ms * 1000.0).round();
+    if us.is_finite() && us >= f64::from(i32::MIN) && us <= f64::from(i32::MAX) {
+        Ok(us as i32)
+    } else {
+        Err(format!("{field} {ms} is out of range"))
+    }
+}
+
+fn micros_opt(ms: Option<f64>, field: &str) -> Result<Option<i32>, String> {
+    ms.map(|ms| micros(ms, field)).transpose()
+}
+
+impl Row {
+    fn from_check(check: CheckResult) -> Result<(Row, TargetRow), String> {
+        let delay = match check.started_at.duration_since(check.scheduled_at) {
+            Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+        };
+        let start_delay_ms = i32::try_from(delay).map_err(|_| "started_at is too far from scheduled_at".to_owned())?;
+        let remote: Option<SocketAddr> = check.remote_addr.as_deref().and_then(|a| a.parse().ok());
+        let timings = &check.timings_ms;
+        let row = Row {
+            checked_at: check.scheduled_at,
+            check_id: check.check_id,
+            target: check.target.clone(),
+            start_delay_ms,
+            response_time_us: micros(check.response_time_ms, "response_time_ms")?,
+            dns_us: micros_opt(timings.dns, "timings_ms.dns")?,
+            connect_us: micros_opt(timings.connect, "timings_ms.connect")?,
+            tls_us: micros_opt(timings.tls, "timings_ms.tls")?,
+            first_byte_us: micros_opt(timings.first_byte, "timings_ms.first_byte")?,
+            transfer_us: micros_opt(timings.transfer, "timings_ms.transfer")?,
+            body_bytes: check
+                .body_bytes
+                .map(|b| i32::try_from(b).map_err(|_| format!("body_bytes {b} is out of range")))
+                .transpose()?,
+            remote_port: remote.map(|a| i32::from(a.port())),
+            error_kind: check.error.as_ref().map(|e| e.kind.as_str()),
+            latency_class: check.latency_class.map(|c| c.as_str()),
+            status_code: check
+                .status_code
+                .map(|s| i16::try_from(s).map_err(|_| format!("status_code {s} is out of range")))
+                .transpose()?,
+            http_version: check.http_version.as_deref().and_then(|v| match v {
+                "HTTP/0.9" => Some(9),
+                "HTTP/1.0" => Some(10),
+                "HTTP/1.1" => Some(11),
+                "HTTP/2" => Some(20),
+                "HTTP/3" => Some(30),
+                _ => None,
+            }),
+            up: check.up,
+            regex_matched: check.regex_matched,
+            remote_ip: remote.map(|a| a.ip()),
+            error_message: check.error.map(|e| e.message),
+            captures: check.captures.map(Value::Object),
+        };
+        let target = TargetRow {
+            name: check.target,
+            url: check.url,
+            method: check.method,
+            regex: check.regex,
+        };
+        Ok((row, target))
+    }
+}
+
+/// A failed database step: retry it, or isolate the rows that cause it.
+enum WriteError {
+    Transient(String),
+    Permanent(String),
+}
+
+fn describe(error: &postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => {
+            let mut message = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                message = format!("{message}: {cause}");
+                source = cause.source();
+            }
+            message
+        }
+    }
+}
+
+impl From<postgres::Error> for WriteError {
+    fn from(error: postgres::Error) -> Self {
+        if database::is_transient(&error) {
+            Self::Transient(describe(&error))
+        } else {
+            Self::Permanent(describe(&error))
+        }
+    }
+}
+
+impl From<r2d2::Error> for WriteError {
+    fn from(error: r2d2::Error) -> Self {
+        // No connection could be had: the database is down or unreachable.
+        Self::Transient(format!("no database connection: {error}"))
+    }
+}
+
+const INSERT_CHECKS: &str = "\
+INSERT INTO checks (checked_at, check_id, target_id, start_delay_ms, response_time_us, dns_us,
+    connect_us, tls_us, first_byte_us, transfer_us, body_bytes, remote_port, error_kind,
+    latency_class, status_code, http_version, up, regex_matched, remote_ip, error_message, captures)
+SELECT * FROM unnest($1::timestamptz[], $2::uuid[], $3::int4[], $4::int4[], $5::int4[], $6::int4[],
+    $7::int4[], $8::int4[], $9::int4[], $10::int4[], $11::int4[], $12::int4[],
+    $13::text[]::check_error_kind[], $14::text[]::check_latency_class[], $15::int2[], $16::int2[],
+    $17::bool[], $18::bool[], $19::inet[], $20::text[], $21::jsonb[])
+ON CONFLICT DO NOTHING";
+
+const UPSERT_TARGETS: &str = "\
+INSERT INTO targets (name, url, method, regex)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+ON CONFLICT (name) DO UPDATE
+    SET url = excluded.url, method = excluded.method, regex = excluded.regex, updated_at = now()
+RETURNING id, name";
+
+const INSERT_DEAD_LETTERS: &str = "\
+INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, error, payload)
+SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[], $5::bytea[])
+ON CONFLICT DO NOTHING";
+
+/// Inserts `rows` (all of whose targets have ids) with one statement.
+fn insert_checks(
+    client: &mut impl postgres::GenericClient,
+    rows: &[&Row],
+    ids: &HashMap<String, i32>,
+) -> Result<u64, postgres::Error> {
+    macro_rules! column {
+        ($field:ident) => {
+            rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+        };
+    }
+    let target_ids: Vec<i32> = rows.iter().map(|r| ids[&r.target]).collect();
+    client.execute(
+        INSERT_CHECKS,
+        &[
+            &column!(checked_at),
+            &column!(check_id),
+            &target_ids,
+            &column!(start_delay_ms),
+            &column!(response_time_us),
+            &column!(dns_us),
+            &column!(connect_us),
+            &column!(tls_us),
+            &column!(first_byte_us),
+            &column!(transfer_us),
+            &column!(body_bytes),
+            &column!(remote_port),
+            &column!(error_kind),
+            &column!(latency_class),
+            &column!(status_code),
+            &column!(http_version),
+            &column!(up),
+            &column!(regex_matched),
+            &column!(remote_ip),
+            &column!(error_message),
+            &column!(captures),
+        ],
+    )
+}
+
+fn insert_dead_letters(
+    client: &mut impl postgres::GenericClient,
+    letters: &[DeadLetter],
+) -> Result<u64, postgres::Error> {
+    if letters.is_empty() {
+        return Ok(0);
+    }
+    let topics: Vec<Option<&str>> = letters.iter().map(|l| l.topic.as_deref()).collect();
+    let partitions: Vec<Option<i32>> = letters.iter().map(|l| l.partition).collect();
+    let offsets: Vec<Option<i64>> = letters.iter().map(|l| l.offset).collect();
+    let errors: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
+    let payloads: Vec<&[u8]> = letters.iter().map(|l| l.payload.as_slice()).collect();
+    client.execute(
+        INSERT_DEAD_LETTERS,
+        &[&topics, &partitions, &offsets, &errors, &payloads],
+    )
+}
+
+/// One batch, ready to write.
+struct Batch {
+    rows: Vec<Row>,
+    targets: Vec<TargetRow>,
+    dead: Vec<DeadLetter>,
+    /// A dead letter's details for each row, in case the database refuses it.
+    sources: Vec<DeadLetter>,
+    days: HashSet<i64>,
+}
+
+/// What the blocking side keeps between batches.
+#[derive(Default)]
+struct Cache {
+    /// Target name → (id, settings last written).
+    targets: HashMap<String, (i32, TargetRow)>,
+    /// Days (since the epoch) whose partition is known to exist.
+    days: HashSet<i64>,
+}
+
+fn day_of(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() / 86_400) as i64,
+        Err(e) => -((e.duration().as_secs() / 86_400) as i64) - 1,
+    }
+}
+
+fn date_of_day(day: i64) -> SystemTime {
+    if day >= 0 {
+        UNIX_EPOCH + Duration::from_secs(day as u64 * 86_400)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(day.unsigned_abs() * 86_400)
+    }
+}
+
+/// Creates the partition of each day (autocommitted: DDL outside the batch's transaction).
+fn ensure_partitions(client: &mut postgres::Client, days: impl IntoIterator<Item = i64>) -> Result<(), postgres::Error> {
+    for day in days {
+        client.execute(
+            "SELECT pipe_ensure_check_partition(($1::timestamptz AT TIME ZONE 'UTC')::date)",
+            &[&date_of_day(day)],
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes one batch in one transaction; on a permanent error, row by row with savepoints.
+fn write_batch(pool: &PgPool, cache: &mut Cache, batch: &Batch) -> Result<(usize, usize), WriteError> {
+    let mut client = pool.get()?;
+    let missing: Vec<i64> = batch.days.iter().copied().filter(|d| !cache.days.contains(d)).collect();
+    ensure_partitions(&mut client, missing.iter().copied())?;
+    cache.days.extend(missing);
+
+    let mut tx = client.transaction()?;
+    // Targets that are new, or whose URL, method or regex changed.
+    let changed: Vec<&TargetRow> = {
+        let mut seen = HashSet::new();
+        batch
+            .targets
+            .iter()
+            .filter(|t| seen.insert(t.name.as_str()))
+            .filter(|t| cache.targets.get(&t.name).is_none_or(|(_, known)| known != *t))
+            .collect()
+    };
+    let mut fresh = Vec::new();
+    if !changed.is_empty() {
+        let names: Vec<&str> = changed.iter().map(|t| t.name.as_str()).collect();
+        let urls: Vec<&str> = changed.iter().map(|t| t.url.as_str()).collect();
+        let methods: Vec<&str> = changed.iter().map(|t| t.method.as_str()).collect();
+        let regexes: Vec<Option<&str>> = changed.iter().map(|t| t.regex.as_deref()).collect();
+        for row in tx.query(UPSERT_TARGETS, &[&names, &urls, &methods, &regexes])? {
+            let (id, name): (i32, String) = (row.get(0), row.get(1));
+            let target = changed.iter().find(|t| t.name == name).expect("returned names were sent");
+            fresh.push((name, (id, (*target).clone())));
+        }
+    }
+    let mut ids: HashMap<String, i32> = cache.targets.iter().map(|(n, (id, _))| (n.clone(), *id)).collect();
+    ids.extend(fresh.iter().map(|(n, (id, _))| (n.clone(), *id)));
+
+    let all: Vec<&Row> = batch.rows.iter().collect();
+    let mut tx = match insert_checks(&mut tx, &all, &ids) {
+        Ok(_) => tx,
+        Err(e) if database::is_transient(&e) => return Err(e.into()),
+        Err(_) => {
+            // Some row is refused: start over on the same connection, one savepoint per row.
+            drop(tx);
+            return write_rows_one_by_one(cache, batch, &mut client);
+        }
+    };
+    insert_dead_letters(&mut tx, &batch.dead)?;
+    tx.commit()?;
+    cache.targets.extend(fresh);
+    Ok((batch.rows.len(), batch.dead.len()))
+}
+
+fn write_rows_one_by_one(
+    cache: &mut Cache,
+    batch: &Batch,
+    client: &mut postgres::Client,
+) -> Result<(usize, usize), WriteError> {
+    let mut tx = client.transaction()?;
+    let mut seen = HashSet::new();
+    let targets: Vec<&TargetRow> = batch.targets.iter().filter(|t| seen.insert(t.name.as_str())).collect();
+    let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+    let urls: Vec<&str> = targets.iter().map(|t| t.url.as_str()).collect();
+    let methods: Vec<&str> = targets.iter().map(|t| t.method.as_str()).collect();
+    let regexes: Vec<Option<&str>> = targets.iter().map(|t| t.regex.as_deref()).collect();
+    let mut ids = HashMap::new();
+    let mut fresh = Vec::new();
+    for row in tx.query(UPSERT_TARGETS, &[&names, &urls, &methods, &regexes])? {
+        let (id, name): (i32, String) = (row.get(0), row.get(1));
+        let target = targets.iter().find(|t| t.name == name).expect("returned names were sent");
+        ids.insert(name.clone(), id);
+        fresh.push((name, (id, (*target).clone())));
+    }
+    let mut dead = batch.dead.clone();
+    let mut stored = 0;
+    for (row, source) in batch.rows.iter().zip(&batch.sources) {
+        let mut savepoint = tx.savepoint("row")?;
+        match insert_checks(&mut savepoint, &[row], &ids) {
+            Ok(_) => {
+                savepoint.commit()?;
+                stored += 1;
+            }
+            Err(e) if database::is_transient(&e) => return Err(e.into()),
+            Err(e) => {
+                savepoint.rollback()?;
+                dead.push(DeadLetter {
+                    error: format!("refused by the database: {}", describe(&e)),
+                    ..source.clone()
+                });
+            }
+        }
+    }
+    insert_dead_letters(&mut tx, &dead)?;
+    tx.commit()?;
+    cache.targets.extend(fresh);
+    Ok((stored, dead.len()))
+}
+
+/// Creates the partitions from yesterday to `ahead` days on, and drops expired ones.
+fn maintain(pool: &PgPool, cache: &mut Cache, ahead: u32, retention: Option<Duration>) -> Result<i32, WriteError> {
+    let mut client = pool.get()?;
+    let today = day_of(SystemTime::now());
+    let days: Vec<i64> = (today - 1..=today + i64::from(ahead)).collect();
+    ensure_partitions(&mut client, days.iter().copied())?;
+    cache.days.extend(days);
+    let Some(retention) = retention else { return Ok(0) };
+    let cutoff = today - (retention.as_secs() / 86_400) as i64;
+    let row = client.query_one(
+        "SELECT pipe_drop_check_partitions_before(($1::timestamptz AT TIME ZONE 'UTC')::date)",
+        &[&date_of_day(cutoff)],
+    )?;
+    cache.days.retain(|d| *d >= cutoff);
+    Ok(row.get(0))
+}
+
+/// How often partitions are created ahead and expired ones dropped.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
+
+impl PostgresSink {
+    /// Runs a blocking database step until it succeeds or fails permanently, backing off on
+    /// transient failures. Checkout, queries and the connection's return all happen inside it.
+    async fn with_retries<T: Send + 'static>(
+        &self,
+        what: &str,
+        cx: &SinkContext,
+        cache: &Arc<std::sync::Mutex<Cache>>,
+        step: impl Fn(&PgPool, &mut Cache) -> Result<T, WriteError> + Send + Sync + Clone + 'static,
+    ) -> Result<T, String> {
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 1_u32;
+        loop {
+            let pool = PgPool::clone(&self.pool);
+            let cache = Arc::clone(cache);
+            let step = step.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let mut cache = cache.lock().expect("not poisoned");
+                step(&pool, &mut cache)
+            })
+            .await
+            .map_err(|e| format!("{what}: the database task failed: {e}"))?;
+            match result {
+                Ok(value) => {
+                    if attempt > 1 {
+                        info!(cx.logger, "database reachable again"; "step" => what, "attempts" => attempt);
+                    }
+                    return Ok(value);
+                }
+                Err(WriteError::Permanent(message)) => return Err(format!("{what}: {message}")),
+                Err(WriteError::Transient(message)) => {
+                    warn!(cx.logger, "database step failed; retrying"; "step" => what, "attempt" => attempt,
+                          "retry_in" => duration::format(backoff), "error" => &message, "database" => &self.database);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Turns events into a batch; events that are not checks become dead letters.
+    fn prepare(&self, events: &[Event], cutoff_day: Option<i64>) -> (Batch, usize) {
+        let mut batch = Batch {
+            rows: Vec::with_capacity(events.len()),
+            targets: Vec::with_capacity(events.len()),
+            dead: Vec::new(),
+            sources: Vec::with_capacity(events.len()),
+            days: HashSet::new(),
+        };
+        let mut expired = 0;
+        for event in events {
+            let origin = event.origin();
+            let letter = |error: String, payload: Vec<u8>| DeadLetter {
+                topic: origin.map(|o| o.topic.to_string()),
+                partition: origin.map(|o| o.partition),
+                offset: origin.map(|o| o.offset),
+                error,
+                payload,
+            };
+            if let Some(error) = event.dead_letter_error() {
+                let payload = event.raw().map(|b| b.to_vec()).unwrap_or_default();
+                batch.dead.push(letter(error.to_owned(), payload));
+                continue;
+            }
+            let payload = || serde_json::to_vec(event.fields()).unwrap_or_default();
+            let converted = serde_json::from_value::<CheckResult>(Value::Object(event.fields().clone()))
+                .map_err(|e| format!("not a check result: {e}"))
+                .and_then(Row::from_check);
+            match converted {
+                Ok((row, target)) => {
+                    let day = day_of(row.checked_at);
+                    if cutoff_day.is_some_and(|cutoff| day < cutoff) {
+                        expired += 1;
+                        continue;
+                    }
+                    batch.days.insert(day);
+                    batch.sources.push(letter(String::new(), payload()));
+                    batch.rows.push(row);
+                    batch.targets.push(target);
+                }
+                Err(error) => batch.dead.push(letter(error, payload())),
+            }
+        }
+        (batch, expired)
+    }
+}
+
+#[async_trait]
+impl Sink for PostgresSink {
+    async fn run(self: Box<Self>, mut input: Input, cx: SinkContext) -> Result<(), BoxError> {
+        let cache = Arc::new(std::sync::Mutex::new(Cache::default()));
+        if self.config.migrate {
+            let applied = self
+                .with_retries("migrate", &cx, &cache, |pool, _| {
+                    let mut client = pool.get()?;
+                    Ok(crate::migrate::apply(&mut client)?)
+                })
+                .await?;
+            info!(cx.logger, "migrations checked"; "applied_now" => ?applied);
+        }
+        let (ahead, retention) = (self.config.partitions_ahead, self.config.retention);
+        let maintenance = move |pool: &PgPool, cache: &mut Cache| maintain(pool, cache, ahead, retention);
+        let dropped = self.with_retries("partition maintenance", &cx, &cache, maintenance).await?;
+        if dropped > 0 {
+            info!(cx.logger, "expired partitions dropped"; "count" => dropped);
+        }
+        let mut next_maintenance = tokio::time::Instant::now() + MAINTENANCE_EVERY;
+        let (mut stored, mut dead_lettered) = (0_u64, 0_u64);
+        let mut events = Vec::with_capacity(self.config.batch_size);
+
+        loop {
+            // Wait for a first event (or maintenance time), then fill the batch for at most
+            // batch_timeout.
+            tokio::select! {
+                received = input.recv_many(&mut events, self.config.batch_size) => {
+                    if received == 0 {
+                        break;
+                    }
+                }
+                () = tokio::time::sleep_until(next_maintenance) => {
+                    let dropped = self.with_retries("partition maintenance", &cx, &cache, maintenance).await?;
+                    if dropped > 0 {
+                        info!(cx.logger, "expired partitions dropped"; "count" => dropped);
+                    }
+                    next_maintenance = tokio::time::Instant::now() + MAINTENANCE_EVERY;
+                    continue;
+                }
+            }
+            let deadline = tokio::time::Instant::now() + self.config.batch_timeout;
+            while events.len() < self.config.batch_size {
+                let room = self.config.batch_size - events.len();
+                match tokio::time::timeout_at(deadline, input.recv_many(&mut events, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+
+            let cutoff_day = retention.map(|r| day_of(SystemTime::now()) - (r.as_secs() / 86_400) as i64);
+            let (batch, expired) = self.prepare(&events, cutoff_day);
+            if expired > 0 {
+                debug!(cx.logger, "checks older than the retention skipped"; "count" => expired);
+            }
+            let batch = Arc::new(batch);
+            let written = {
+                let batch = Arc::clone(&batch);
+                self.with_retries("write batch", &cx, &cache, move |pool, cache| write_batch(pool, cache, &batch))
+                    .await?
+            };
+            stored += written.0 as u64;
+            dead_lettered += written.1 as u64;
+            if written.1 > 0 {
+                warn!(cx.logger, "rows stored as dead letters"; "count" => written.1);
+            }
+            // Committed: now, and only now, the events are done.
+            for event in events.drain(..) {
+                event.finish(AckStatus::Delivered);
+            }
+        }
+        info!(cx.logger, "postgres sink finished"; "stored" => stored, "dead_letters" => dead_lettered);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_and_dates_round_trip() {
+        let t = UNIX_EPOCH + Duration::from_secs(20_000 * 86_400 + 3600);
+        assert_eq!(day_of(t), 20_000);
+        assert_eq!(date_of_day(20_000), UNIX_EPOCH + Duration::from_secs(20_000 * 86_400));
+        assert_eq!(day_of(UNIX_EPOCH - Duration::from_secs(1)), -1);
+    }
+
+    #[test]
+    fn milliseconds_become_microseconds_in_range() {
+        assert_eq!(micros(1.2345, "x"), Ok(1235));
+        assert!(micros(1e12, "response_time_ms").unwrap_err().contains("out of range"));
+        assert!(micros(f64::NAN, "x").is_err());
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let cx = BuildContext {
+            stage_id: "db".into(),
+            base_dir: ".".into(),
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+        };
+        let config: PostgresSinkConfig = serde_norway::from_str(
+            "url: 'postgres://w:hunter22@db.example/x?sslmode=bogus'\nbatch_size: 0\nretention: 2h\n",
+        )
+        .unwrap();
+        let errors = config.build(&cx).err().unwrap();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_deref()).collect();
+        assert_eq!(fields, [Some("batch_size"), Some("retention"), Some("url")]);
+        assert!(errors.iter().all(|e| !e.message.contains("hunter22")));
+    }
+}

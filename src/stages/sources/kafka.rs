@@ -1,0 +1,408 @@
+//! `kafka`: consumes topics in a consumer group, committing offsets only after the work is done.
+//!
+//! Every message becomes one event tracked by the framework's acknowledgements
+//! ([`crate::ack`]), one stream per partition. An offset is stored (and then committed by
+//! librdkafka's auto-commit) only once every sink has durably handled that message and every
+//! message before it in its partition, so a crash at any moment loses nothing: the next run
+//! re-reads from the last committed offset, and idempotent sinks make the re-read harmless.
+//! This is rust-rdkafka's `examples/at_least_once.rs` made general.
+//!
+//! While the pipeline is backed up (a slow or unreachable database), the source pauses its
+//! partitions but keeps polling, so it stays in the consumer group instead of being dropped
+//! after `max.poll.interval.ms`. On a rebalance, positions of revoked partitions are forgotten
+//! (their offsets cannot be stored any more; the new owner re-reads from the last commit), and
+//! nothing is ever stored out of order, so work is neither lost nor rewound.
+//!
+//! Messages that cannot be decoded (bad JSON, an unknown `schema_version`, a missing or mistyped
+//! field, a payload over `max_message_bytes`) become dead-letter events carrying their topic,
+//! partition, offset, error and raw bytes; sinks store them, and consumption goes on.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::ClientContext;
+use serde::Deserialize;
+use serde_json::Value;
+use slog::{debug, error, info, warn};
+
+use crate::ack::{self, AckStatus, Completion};
+use crate::check::{CheckResult, SCHEMA_VERSION};
+use crate::config::diagnostic::ConfigError;
+use crate::event::{Event, Origin};
+use crate::kafka::{self, Options, SlogContext};
+use crate::registry::{BuildContext, StageConfig};
+use crate::stage::{BoxError, Source, SourceContext};
+
+fn default_max_message_bytes() -> usize {
+    1 << 20
+}
+
+/// How message payloads are decoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// Check results in message schema v1 (docs/schema.md); anything else is a dead letter.
+    #[default]
+    CheckV1,
+    /// Any JSON object.
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap brokers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// The topics to consume.
+    pub topics: Vec<String>,
+    /// The consumer group. A new group starts from the earliest offset.
+    pub group: String,
+    /// `check_v1` (default): schema v1 check results; `json`: any JSON object.
+    #[serde(default)]
+    pub format: Format,
+    /// Larger messages become dead letters. Default 1 MiB.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// More librdkafka settings: security.protocol, ssl.*, sasl.*, session.timeout.ms…
+    #[serde(default)]
+    pub options: Options,
+}
+
+/// Consumer settings unless `options` override them. Offsets are stored by us, after the work
+/// is durable, and committed by librdkafka; a new group reads the backlog, not just new
+/// messages; and prefetching is bounded so memory stays flat behind a backlog.
+const DEFAULTS: &[(&str, &str)] = &[
+    ("enable.auto.commit", "true"),
+    ("enable.auto.offset.store", "false"),
+    ("auto.offset.reset", "earliest"),
+    ("queued.max.messages.kbytes", "16384"),
+];
+
+/// Decoded messages held while the pipeline is full; past this the partitions are paused.
+const PAUSE_AT: usize = 256;
+
+impl StageConfig for KafkaSourceConfig {
+    const TYPE: &'static str = "kafka";
+    const DESCRIPTION: &'static str =
+        "consumes topics in a consumer group; offsets are committed only after the sinks are done";
+    type Stage = dyn Source;
+
+    fn build(self, cx: &BuildContext) -> Result<Box<dyn Source>, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        if self.topics.is_empty() {
+            errors.push(ConfigError::at("topics", "name at least one topic"));
+        }
+        if self.group.trim().is_empty() {
+            errors.push(ConfigError::at("group", "the consumer group must not be empty"));
+        }
+        let mut config = match kafka::client_config(&self.brokers, &self.options, DEFAULTS) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                errors.extend(e);
+                None
+            }
+        };
+        if let Some(config) = &mut config {
+            config.set("group.id", &self.group);
+        }
+        let consumer = config.and_then(|config| {
+            let context = KafkaContext {
+                log: SlogContext {
+                    logger: cx.logger.clone(),
+                    options: self.options.clone(),
+                },
+                revoked: Mutex::default(),
+                assigned: Mutex::default(),
+            };
+            match config.create_with_context::<_, StreamConsumer<KafkaContext>>(context) {
+                Ok(consumer) => Some(consumer),
+                Err(e) => {
+                    errors.push(ConfigError::at("options", kafka::redact(&e.to_string(), &self.options)));
+                    None
+                }
+            }
+        });
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Box::new(KafkaSource {
+            consumer: consumer.expect("no errors, so a consumer"),
+            topics: self.topics,
+            format: self.format,
+            max_message_bytes: self.max_message_bytes,
+        }))
+    }
+}
+
+/// A partition, as an acknowledgement stream.
+type Partition = (Arc<str>, i32);
+
+/// The consumer's context: logs through slog, and tells the loop about rebalances.
+struct KafkaContext {
+    log: SlogContext,
+    revoked: Mutex<Vec<Partition>>,
+    assigned: Mutex<bool>,
+}
+
+impl ClientContext for KafkaContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.log.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(error, reason);
+    }
+}
+
+impl ConsumerContext for KafkaContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // librdkafka commits the stored offsets of revoked partitions itself (auto-commit);
+        // the loop must stop storing any for them.
+        if let Rebalance::Revoke(partitions) = rebalance {
+            let mut revoked = self.revoked.lock().expect("not poisoned");
+            for element in partitions.elements() {
+                revoked.push((Arc::from(element.topic()), element.partition()));
+            }
+            info!(self.log.logger, "partitions revoked"; "count" => partitions.count());
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            *self.assigned.lock().expect("not poisoned") = true;
+            info!(self.log.logger, "partitions assigned"; "count" => partitions.count());
+        }
+    }
+}
+
+struct KafkaSource {
+    consumer: StreamConsumer<KafkaContext>,
+    topics: Vec<String>,
+    format: Format,
+    max_message_bytes: usize,
+}
+
+impl KafkaSource {
+    /// Turns a message into an event: the decoded check, or a dead letter.
+    fn decode(&self, message: &BorrowedMessage<'_>) -> Event {
+        let origin = Origin {
+            topic: Arc::from(message.topic()),
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        let payload = message.payload().unwrap_or_default();
+        match decode_payload(payload, self.format, self.max_message_bytes) {
+            Ok(fields) => Event::new(fields).with_origin(origin),
+            Err(error) => Event::dead_letter(error, Bytes::copy_from_slice(payload), Some(origin)),
+        }
+    }
+
+    fn set_paused(&self, pause: bool, logger: &slog::Logger) {
+        let result = self.consumer.assignment().and_then(|assignment| {
+            if pause {
+                self.consumer.pause(&assignment)
+            } else {
+                self.consumer.resume(&assignment)
+            }
+        });
+        match result {
+            Ok(()) if pause => debug!(logger, "partitions paused: the pipeline is full"),
+            Ok(()) => debug!(logger, "partitions resumed"),
+            Err(e) => warn!(logger, "cannot pause or resume partitions"; "error" => %e),
+        }
+    }
+
+    /// Stores the offset after a completed message, so it is committed.
+    fn complete(&self, done: Completion<Partition>, logger: &slog::Logger) -> Result<(), BoxError> {
+        let (topic, partition) = &done.stream;
+        if done.status == AckStatus::Failed {
+            // Never commit past an event that was not handled: stop, so that a restart re-reads
+            // it from the last committed offset.
+            return Err(format!(
+                "the message at {topic}/{partition} offset {} was not handled by every sink; stopping without committing past it",
+                done.position
+            )
+            .into());
+        }
+        // store_offset takes the message's own offset and stores the next one.
+        match self.consumer.store_offset(topic, *partition, done.position) {
+            Ok(()) => Ok(()),
+            // The partition was revoked meanwhile: its new owner re-reads from the last commit.
+            Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {
+                debug!(logger, "offset not stored: partition no longer assigned"; "topic" => &**topic, "partition" => partition);
+                Ok(())
+            }
+            Err(e) => Err(format!("cannot store the offset of {topic}/{partition}: {e}").into()),
+        }
+    }
+}
+
+/// Decodes one payload, or says why it cannot be.
+pub fn decode_payload(payload: &[u8], format: Format, max_bytes: usize) -> Result<serde_json::Map<String, Value>, String> {
+    if payload.len() > max_bytes {
+        return Err(format!(
+            "the message has {} bytes, more than max_message_bytes ({max_bytes})",
+            payload.len()
+        ));
+    }
+    match format {
+        Format::Json => match serde_json::from_slice(payload) {
+            Ok(Value::Object(fields)) => Ok(fields),
+            Ok(_) => Err("not a JSON object".to_owned()),
+            Err(e) => Err(format!("invalid JSON: {e}")),
+        },
+        Format::CheckV1 => {
+            let value: Value =
+                serde_json::from_slice(payload).map_err(|e| format!("invalid JSON: {e}"))?;
+            match value.get("schema_version") {
+                Some(v) if v.as_u64() == Some(u64::from(SCHEMA_VERSION)) => {}
+                Some(v) => return Err(format!("unknown schema_version {v}; this writer reads {SCHEMA_VERSION}")),
+                None => return Err("no schema_version: not a check result".to_owned()),
+            }
+            let check: CheckResult = serde_json::from_value(value)
+                .map_err(|e| format!("not a valid schema v{SCHEMA_VERSION} check result: {e}"))?;
+            Ok(check.into_fields())
+        }
+    }
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), BoxError> {
+        let SourceContext {
+            out,
+            shutdown,
+            logger,
+            ..
+        } = cx;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        self.consumer.subscribe(&topics)?;
+        let (mut tracker, mut acks) = ack::channel::<Partition>();
+        let mut pending: VecDeque<Event> = VecDeque::new();
+        let mut paused = false;
+
+        let result: Result<(), BoxError> = loop {
+            // Rebalances happened inside the last poll: forget revoked partitions' positions and
+            // drop what we still hold of them; keep new partitions paused while we are.
+            let revoked: Vec<Partition> = std::mem::take(&mut *self.consumer.context().revoked.lock().expect("not poisoned"));
+            if !revoked.is_empty() {
+                pending.retain(|event| {
+                    event.origin().is_none_or(|o| !revoked.iter().any(|(t, p)| **t == *o.topic && *p == o.partition))
+                });
+                for partition in &revoked {
+                    acks.forget(partition);
+                }
+            }
+            let newly_assigned = std::mem::take(&mut *self.consumer.context().assigned.lock().expect("not poisoned"));
+            if newly_assigned && paused {
+                self.set_paused(true, &logger);
+            }
+
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break Ok(()),
+                Some(done) = acks.next() => {
+                    if let Err(e) = self.complete(done, &logger) {
+                        break Err(e);
+                    }
+                }
+                permit = out.reserve(), if !pending.is_empty() => {
+                    let Ok(permit) = permit else { break Err(crate::stage::DownstreamClosed.into()) };
+                    permit.send(pending.pop_front().expect("not empty"));
+                    if paused && pending.is_empty() {
+                        self.set_paused(false, &logger);
+                        paused = false;
+                    }
+                }
+                // Polled even while paused: that is what keeps us in the group.
+                message = self.consumer.recv() => match message {
+                    Ok(message) => {
+                        let event = self.decode(&message);
+                        if let Some(error) = event.dead_letter_error() {
+                            warn!(logger, "undecodable message: dead letter"; "topic" => message.topic(),
+                                  "partition" => message.partition(), "offset" => message.offset(), "error" => error);
+                        }
+                        let stream = (Arc::from(message.topic()), message.partition());
+                        pending.push_back(event.with_ack(tracker.track(stream, message.offset())));
+                        if !paused && pending.len() >= PAUSE_AT {
+                            self.set_paused(true, &logger);
+                            paused = true;
+                        }
+                    }
+                    Err(e) => warn!(logger, "consumer error"; "error" => %kafka::redact(&e.to_string(), &Options::new())),
+                },
+            }
+        };
+
+        // Stop producing, and let the sinks finish what they have: their completions still
+        // advance the offsets. Events never handed over are forgotten, not failed.
+        drop(out);
+        drop(pending);
+        drop(tracker);
+        while let Some(done) = acks.next().await {
+            if done.status == AckStatus::Failed {
+                break;
+            }
+            self.complete(done, &logger)?;
+        }
+        if let Err(e) = self.consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            // Nothing stored since the last auto-commit is not an error.
+            if !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
+                error!(logger, "final offset commit failed; the next run re-reads from the previous commit"; "error" => %e);
+            }
+        }
+        info!(logger, "kafka source stopped");
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check() -> Value {
+        serde_json::json!({
+            "schema_version": 1, "check_id": "8a036c86-1f8f-5289-af3e-1f909db5869c",
+            "target": "t", "url": "http://x/", "method": "GET",
+            "scheduled_at": "2026-11-29T08:00:40.000Z", "started_at": "2026-11-29T08:00:40.001Z",
+            "response_time_ms": 1.5,
+            "timings_ms": {"dns": null, "connect": 0.1, "tls": null, "first_byte": 1.0, "transfer": 0.2},
+            "status_code": 200, "error": null, "regex": null, "regex_matched": null,
+            "latency_class": "ok", "up": true, "body_bytes": 10, "remote_addr": "127.0.0.1:80",
+            "http_version": "HTTP/1.1"
+        })
+    }
+
+    fn decode(value: &[u8]) -> Result<serde_json::Map<String, Value>, String> {
+        decode_payload(value, Format::CheckV1, 4096)
+    }
+
+    #[test]
+    fn a_valid_check_decodes() {
+        let fields = decode(check().to_string().as_bytes()).unwrap();
+        assert_eq!(fields["target"], "t");
+    }
+
+    #[test]
+    fn each_kind_of_poison_is_named() {
+        assert!(decode(b"{not json").unwrap_err().starts_with("invalid JSON:"));
+        let mut v = check();
+        v["schema_version"] = 2.into();
+        assert_eq!(decode(v.to_string().as_bytes()).unwrap_err(), "unknown schema_version 2; this writer reads 1");
+        let mut v = check();
+        v.as_object_mut().unwrap().remove("check_id");
+        assert!(decode(v.to_string().as_bytes()).unwrap_err().contains("missing field `check_id`"));
+        let mut v = check();
+        v["up"] = "yes".into();
+        assert!(decode(v.to_string().as_bytes()).unwrap_err().contains("invalid type"));
+        let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(5000));
+        assert!(decode(big.as_bytes()).unwrap_err().contains("more than max_message_bytes (4096)"));
+        assert_eq!(decode(b"[1]").unwrap_err(), "no schema_version: not a check result");
+        assert_eq!(decode_payload(b"[1]", Format::Json, 100).unwrap_err(), "not a JSON object");
+    }
+}

@@ -1,0 +1,185 @@
+//! The writer against the local broker and PostgreSQL: every check that reached Kafka is
+//! stored once, whatever is thrown at it.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use pipe::topology::RunOptions;
+use support::writer::{self, scalar, strings, wait_for};
+use support::{pipeline, unique_name};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+async fn fresh_database() -> support::TestDatabase {
+    tokio::task::spawn_blocking(|| support::create_database("writer")).await.unwrap()
+}
+
+#[tokio::test]
+async fn every_check_is_stored_once_even_when_delivered_twice() {
+    let brokers = support::kafka_brokers();
+    let topic = support::create_topic("writer", 3).await;
+    let db = fresh_database().await;
+    let checks = writer::checks(1500, 7);
+    writer::produce(&brokers, &topic, &checks).await;
+    // The same checks again: a producer retry or a replayed checker.
+    writer::produce(&brokers, &topic, &checks[..500]).await;
+
+    let running = pipeline::start(
+        &writer::writer_yaml(&brokers, &topic, &unique_name("group"), &db.url, ""),
+        RunOptions::default(),
+    );
+    let stored = wait_for(&db.url, "SELECT count(*) FROM check_results", 1500, MINUTE).await;
+    running.stop().await.expect("a clean stop");
+    assert_eq!(stored, 1500);
+
+    let sent: BTreeSet<String> = checks.iter().map(|c| c.check_id.to_string()).collect();
+    let rows: BTreeSet<String> = strings(&db.url, "SELECT check_id::text FROM check_results").await.into_iter().collect();
+    assert_eq!(rows, sent, "the rows are exactly the checks produced, by check_id");
+    assert_eq!(scalar(&db.url, "SELECT count(*) FROM targets").await, 7);
+    assert_eq!(scalar(&db.url, "SELECT count(*) FROM dead_letters").await, 0);
+
+    // The view gives back what was sent, in schema units.
+    let sample = &checks[0];
+    let row = strings(
+        &db.url,
+        &format!(
+            "SELECT concat_ws('|', target, url, status_code, response_time_ms, error_kind /* NULL: skipped */, regex_matched, latency_class, up,
+                    dns_ms, connect_ms, tls_ms, first_byte_ms, transfer_ms, http_version, host(remote_ip), remote_port,
+                    to_char(checked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS'), started_at - checked_at)
+             FROM check_results WHERE check_id = '{}'",
+            sample.check_id
+        ),
+    )
+    .await;
+    assert_eq!(
+        row,
+        [format!(
+            "{}|{}|200|{}|t|ok|t|1.5|2.25|3|4|0.5|HTTP/2|93.184.215.14|443|{}|00:00:00.002",
+            sample.target,
+            sample.url,
+            sample.response_time_ms,
+            pipe::check::rfc3339_millis::format(sample.scheduled_at).trim_end_matches('Z')
+        )]
+    );
+    let failed = &checks[7];
+    let row = strings(
+        &db.url,
+        &format!("SELECT concat_ws('|', error_kind, error_message, up, status_code IS NULL, dns_ms IS NULL) FROM check_results WHERE check_id = '{}'", failed.check_id),
+    )
+    .await;
+    assert_eq!(row, ["timeout|no complete response within 10s|f|t|t"]);
+}
+
+#[tokio::test]
+async fn poison_messages_become_dead_letters_and_later_messages_still_land() {
+    let brokers = support::kafka_brokers();
+    let topic = support::create_topic("poison", 1).await;
+    let db = fresh_database().await;
+    let good = writer::checks(3, 1);
+    let json = |c: &pipe::check::CheckResult| serde_json::to_value(c).unwrap();
+    let mut unknown_version = json(&good[1]);
+    unknown_version["schema_version"] = 2.into();
+    let mut missing = json(&good[1]);
+    missing.as_object_mut().unwrap().remove("check_id");
+    let mut mistyped = json(&good[1]);
+    mistyped["response_time_ms"] = "fast".into();
+    let mut oversized = json(&good[1]);
+    oversized["error"] = serde_json::json!({"kind": "other", "message": "x".repeat(5000)});
+    let mut refused = json(&good[1]);
+    refused["status_code"] = 999.into(); // valid JSON and schema, refused by the table's CHECK
+    let poison: Vec<(&str, Vec<u8>)> = vec![
+        ("bad json", b"{\"schema_version\": 1, oops".to_vec()),
+        ("unknown schema_version", unknown_version.to_string().into_bytes()),
+        ("missing field", missing.to_string().into_bytes()),
+        ("mistyped field", mistyped.to_string().into_bytes()),
+        ("oversized", oversized.to_string().into_bytes()),
+        ("refused row", refused.to_string().into_bytes()),
+    ];
+    let mut messages = vec![("site-0".to_owned(), serde_json::to_vec(&good[0]).unwrap())];
+    messages.extend(poison.iter().map(|(_, p)| ("site-0".to_owned(), p.clone())));
+    messages.push(("site-0".to_owned(), serde_json::to_vec(&good[2]).unwrap()));
+    writer::produce_raw(&brokers, &topic, &messages).await;
+
+    let running = pipeline::start(
+        &writer::writer_yaml(&brokers, &topic, &unique_name("group"), &db.url, "    max_message_bytes: 4096"),
+        RunOptions::default(),
+    );
+    let letters = wait_for(&db.url, "SELECT count(*) FROM dead_letters", 6, MINUTE).await;
+    let stored = wait_for(&db.url, "SELECT count(*) FROM checks", 2, MINUTE).await;
+    running.stop().await.expect("a clean stop");
+    assert_eq!((stored, letters), (2, 6));
+
+    let rows = strings(
+        &db.url,
+        &format!("SELECT concat_ws('|', topic, kafka_partition, kafka_offset, error, length(payload)) FROM dead_letters ORDER BY kafka_offset"),
+    )
+    .await;
+    let expected_errors = [
+        "invalid JSON:",
+        "unknown schema_version 2; this writer reads 1",
+        "not a valid schema v1 check result: missing field `check_id`",
+        "not a valid schema v1 check result: invalid type: string \"fast\"",
+        "the message has ",
+        "refused by the database: 23514:",
+    ];
+    assert_eq!(rows.len(), 6);
+    for (i, (row, expected)) in rows.iter().zip(expected_errors).enumerate() {
+        let fields: Vec<&str> = row.splitn(5, '|').collect();
+        assert_eq!(fields[0], topic);
+        assert_eq!(fields[1], "0");
+        assert_eq!(fields[2], (i + 1).to_string(), "offset of {}", poison[i].0);
+        assert!(fields[3].starts_with(expected), "{}: {}", poison[i].0, fields[3]);
+        assert!(fields[4].parse::<usize>().unwrap() > 0, "{}: the raw bytes are kept", poison[i].0);
+    }
+    let raw = strings(&db.url, "SELECT convert_from(payload, 'UTF8') FROM dead_letters WHERE kafka_offset = 1").await;
+    assert_eq!(raw, ["{\"schema_version\": 1, oops"], "the payload is stored byte for byte");
+    let landed: BTreeSet<String> = strings(&db.url, "SELECT check_id::text FROM checks").await.into_iter().collect();
+    assert_eq!(landed, BTreeSet::from([good[0].check_id.to_string(), good[2].check_id.to_string()]));
+}
+
+#[tokio::test]
+async fn replaying_the_topic_under_a_new_group_adds_no_rows() {
+    let brokers = support::kafka_brokers();
+    // One partition, so the last message read means everything before it was read too.
+    let topic = support::create_topic("replay", 1).await;
+    let db = fresh_database().await;
+    let checks = writer::checks(800, 5);
+    writer::produce(&brokers, &topic, &checks).await;
+    let yaml = |group: &str| writer::writer_yaml(&brokers, &topic, group, &db.url, "");
+    let first = pipeline::start(&yaml(&unique_name("first")), RunOptions::default());
+    assert_eq!(wait_for(&db.url, "SELECT count(*) FROM checks", 800, MINUTE).await, 800);
+    first.stop().await.unwrap();
+
+    let marker = writer::checks(801, 5).pop().unwrap();
+    writer::produce(&brokers, &topic, std::slice::from_ref(&marker)).await;
+    let replay = pipeline::start(&yaml(&unique_name("second")), RunOptions::default());
+    let marker_sql = format!("SELECT count(*) FROM checks WHERE check_id = '{}'", marker.check_id);
+    assert_eq!(wait_for(&db.url, &marker_sql, 1, MINUTE).await, 1, "the new group read to the end");
+    replay.stop().await.unwrap();
+    assert_eq!(scalar(&db.url, "SELECT count(*) FROM checks").await, 801);
+    assert_eq!(scalar(&db.url, "SELECT count(*) FROM dead_letters").await, 0);
+}
+
+#[test]
+fn migrations_are_idempotent() {
+    let db = support::create_database("migrate");
+    let migrate = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pipe"))
+            .args(["migrate", "--database-url", &db.url])
+            .output()
+            .unwrap()
+    };
+    let first = migrate();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(String::from_utf8_lossy(&first.stderr).contains("migrations applied"));
+    let second = migrate();
+    assert!(second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("the database is up to date"));
+    let mut client = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    let versions: Vec<i32> = client.query("SELECT version FROM schema_migrations", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(versions, [1]);
+    // And the schema is whole: the view answers.
+    client.query("SELECT * FROM check_results LIMIT 1", &[]).unwrap();
+}
