@@ -126,8 +126,12 @@ impl Database {
         } else {
             format!("{base}?{}", passed_on.join("&"))
         };
-        let mut config = postgres::Config::from_str(&rest)
-            .map_err(|e| format!("invalid database URL {redacted}: {}", scrub(&e.to_string(), url)))?;
+        let mut config = postgres::Config::from_str(&rest).map_err(|e| {
+            format!(
+                "invalid database URL {redacted}: {}",
+                scrub(&e.to_string(), url)
+            )
+        })?;
         config.ssl_mode(match ssl_mode {
             SslMode::Disable => PgSslMode::Disable,
             SslMode::Allow | SslMode::Prefer => PgSslMode::Prefer,
@@ -164,7 +168,8 @@ impl Database {
 fn connector(mode: SslMode, root_cert: Option<&str>) -> Result<MakeTlsConnector, String> {
     let mut builder =
         SslConnector::builder(SslMethod::tls_client()).map_err(|e| format!("TLS set-up: {e}"))?;
-    let verify_chain = root_cert.is_some() || matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull);
+    let verify_chain =
+        root_cert.is_some() || matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull);
     let verify_host = match mode {
         SslMode::VerifyFull => true,
         SslMode::VerifyCa => false,
@@ -265,7 +270,10 @@ mod tests {
 
     #[test]
     fn sslmode_and_sslrootcert_are_taken_out_and_understood() {
-        let db = Database::from_url("postgres://u:pw@db.example:5432/checks?sslmode=verify-full&application_name=pipe").unwrap();
+        let db = Database::from_url(
+            "postgres://u:pw@db.example:5432/checks?sslmode=verify-full&application_name=pipe",
+        )
+        .unwrap();
         assert_eq!(db.ssl_mode(), SslMode::VerifyFull);
         assert_eq!(db.config.get_application_name(), Some("pipe"));
         assert_eq!(db.config.get_ssl_mode(), PgSslMode::Require);
@@ -277,15 +285,29 @@ mod tests {
 
     #[test]
     fn passwords_never_appear_in_messages() {
-        let db = Database::from_url("postgres://writer:s3cr3tpw@db.example/checks?sslmode=require").unwrap();
-        assert_eq!(db.to_string(), "postgres://writer:***@db.example/checks?sslmode=require");
+        let db = Database::from_url("postgres://writer:s3cr3tpw@db.example/checks?sslmode=require")
+            .unwrap();
+        assert_eq!(
+            db.to_string(),
+            "postgres://writer:***@db.example/checks?sslmode=require"
+        );
         assert!(!format!("{db:?}").contains("s3cr3tpw"));
-        let error = Database::from_url("postgres://writer:s3cr3tpw@db.example/checks?sslmode=sometimes").unwrap_err();
-        assert!(error.contains("unknown sslmode `sometimes`") && !error.contains("s3cr3tpw"), "{error}");
-        let error = Database::from_url("postgres://writer:s3cr3tpw@db.example:notaport/checks").unwrap_err();
+        let error =
+            Database::from_url("postgres://writer:s3cr3tpw@db.example/checks?sslmode=sometimes")
+                .unwrap_err();
+        assert!(
+            error.contains("unknown sslmode `sometimes`") && !error.contains("s3cr3tpw"),
+            "{error}"
+        );
+        let error = Database::from_url("postgres://writer:s3cr3tpw@db.example:notaport/checks")
+            .unwrap_err();
         assert!(!error.contains("s3cr3tpw"), "{error}");
         let error = Database::from_url("postgres://writer:s3cr3tpw@db.example/c?sslmode=require&sslrootcert=/nonexistent/ca.pem").unwrap_err();
-        assert!(error.contains("cannot load sslrootcert `/nonexistent/ca.pem`") && !error.contains("s3cr3tpw"), "{error}");
+        assert!(
+            error.contains("cannot load sslrootcert `/nonexistent/ca.pem`")
+                && !error.contains("s3cr3tpw"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -67,7 +67,9 @@ mod tests {
         assert_eq!(files, listed);
         for (i, migration) in MIGRATIONS.iter().enumerate() {
             assert_eq!(migration.version, i as i32 + 1);
-            assert!(migration.name.starts_with(&format!("{:04}_", migration.version)));
+            assert!(migration
+                .name
+                .starts_with(&format!("{:04}_", migration.version)));
         }
     }
 }

@@ -27,7 +27,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +46,4 @@ mod tests {
             "https://example.com/a@b"
         );
     }
-
 }

@@ -13,7 +13,9 @@ use support::{pipeline, unique_name};
 const MINUTE: Duration = Duration::from_secs(60);
 
 async fn fresh_database() -> support::TestDatabase {
-    tokio::task::spawn_blocking(|| support::create_database("writer")).await.unwrap()
+    tokio::task::spawn_blocking(|| support::create_database("writer"))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -35,10 +37,19 @@ async fn every_check_is_stored_once_even_when_delivered_twice() {
     assert_eq!(stored, 1500);
 
     let sent: BTreeSet<String> = checks.iter().map(|c| c.check_id.to_string()).collect();
-    let rows: BTreeSet<String> = strings(&db.url, "SELECT check_id::text FROM check_results").await.into_iter().collect();
-    assert_eq!(rows, sent, "the rows are exactly the checks produced, by check_id");
+    let rows: BTreeSet<String> = strings(&db.url, "SELECT check_id::text FROM check_results")
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(
+        rows, sent,
+        "the rows are exactly the checks produced, by check_id"
+    );
     assert_eq!(scalar(&db.url, "SELECT count(*) FROM targets").await, 7);
-    assert_eq!(scalar(&db.url, "SELECT count(*) FROM dead_letters").await, 0);
+    assert_eq!(
+        scalar(&db.url, "SELECT count(*) FROM dead_letters").await,
+        0
+    );
 
     // The view gives back what was sent, in schema units.
     let sample = &checks[0];
@@ -91,7 +102,10 @@ async fn poison_messages_become_dead_letters_and_later_messages_still_land() {
     refused["status_code"] = 999.into(); // valid JSON and schema, refused by the table's CHECK
     let poison: Vec<(&str, Vec<u8>)> = vec![
         ("bad json", b"{\"schema_version\": 1, oops".to_vec()),
-        ("unknown schema_version", unknown_version.to_string().into_bytes()),
+        (
+            "unknown schema_version",
+            unknown_version.to_string().into_bytes(),
+        ),
         ("missing field", missing.to_string().into_bytes()),
         ("mistyped field", mistyped.to_string().into_bytes()),
         ("oversized", oversized.to_string().into_bytes()),
@@ -103,7 +117,13 @@ async fn poison_messages_become_dead_letters_and_later_messages_still_land() {
     writer::produce_raw(&brokers, &topic, &messages).await;
 
     let running = pipeline::start(
-        &writer::writer_yaml(&brokers, &topic, &unique_name("group"), &db.url, "    max_message_bytes: 4096"),
+        &writer::writer_yaml(
+            &brokers,
+            &topic,
+            &unique_name("group"),
+            &db.url,
+            "    max_message_bytes: 4096",
+        ),
         RunOptions::default(),
     );
     let letters = wait_for(&db.url, "SELECT count(*) FROM dead_letters", 6, MINUTE).await;
@@ -113,7 +133,7 @@ async fn poison_messages_become_dead_letters_and_later_messages_still_land() {
 
     let rows = strings(
         &db.url,
-        &format!("SELECT concat_ws('|', topic, kafka_partition, kafka_offset, error, length(payload)) FROM dead_letters ORDER BY kafka_offset"),
+        "SELECT concat_ws('|', topic, kafka_partition, kafka_offset, error, length(payload)) FROM dead_letters ORDER BY kafka_offset",
     )
     .await;
     let expected_errors = [
@@ -130,13 +150,36 @@ async fn poison_messages_become_dead_letters_and_later_messages_still_land() {
         assert_eq!(fields[0], topic);
         assert_eq!(fields[1], "0");
         assert_eq!(fields[2], (i + 1).to_string(), "offset of {}", poison[i].0);
-        assert!(fields[3].starts_with(expected), "{}: {}", poison[i].0, fields[3]);
-        assert!(fields[4].parse::<usize>().unwrap() > 0, "{}: the raw bytes are kept", poison[i].0);
+        assert!(
+            fields[3].starts_with(expected),
+            "{}: {}",
+            poison[i].0,
+            fields[3]
+        );
+        assert!(
+            fields[4].parse::<usize>().unwrap() > 0,
+            "{}: the raw bytes are kept",
+            poison[i].0
+        );
     }
-    let raw = strings(&db.url, "SELECT convert_from(payload, 'UTF8') FROM dead_letters WHERE kafka_offset = 1").await;
-    assert_eq!(raw, ["{\"schema_version\": 1, oops"], "the payload is stored byte for byte");
-    let landed: BTreeSet<String> = strings(&db.url, "SELECT check_id::text FROM checks").await.into_iter().collect();
-    assert_eq!(landed, BTreeSet::from([good[0].check_id.to_string(), good[2].check_id.to_string()]));
+    let raw = strings(
+        &db.url,
+        "SELECT convert_from(payload, 'UTF8') FROM dead_letters WHERE kafka_offset = 1",
+    )
+    .await;
+    assert_eq!(
+        raw,
+        ["{\"schema_version\": 1, oops"],
+        "the payload is stored byte for byte"
+    );
+    let landed: BTreeSet<String> = strings(&db.url, "SELECT check_id::text FROM checks")
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(
+        landed,
+        BTreeSet::from([good[0].check_id.to_string(), good[2].check_id.to_string()])
+    );
 }
 
 #[tokio::test]
@@ -149,17 +192,30 @@ async fn replaying_the_topic_under_a_new_group_adds_no_rows() {
     writer::produce(&brokers, &topic, &checks).await;
     let yaml = |group: &str| writer::writer_yaml(&brokers, &topic, group, &db.url, "");
     let first = pipeline::start(&yaml(&unique_name("first")), RunOptions::default());
-    assert_eq!(wait_for(&db.url, "SELECT count(*) FROM checks", 800, MINUTE).await, 800);
+    assert_eq!(
+        wait_for(&db.url, "SELECT count(*) FROM checks", 800, MINUTE).await,
+        800
+    );
     first.stop().await.unwrap();
 
     let marker = writer::checks(801, 5).pop().unwrap();
     writer::produce(&brokers, &topic, std::slice::from_ref(&marker)).await;
     let replay = pipeline::start(&yaml(&unique_name("second")), RunOptions::default());
-    let marker_sql = format!("SELECT count(*) FROM checks WHERE check_id = '{}'", marker.check_id);
-    assert_eq!(wait_for(&db.url, &marker_sql, 1, MINUTE).await, 1, "the new group read to the end");
+    let marker_sql = format!(
+        "SELECT count(*) FROM checks WHERE check_id = '{}'",
+        marker.check_id
+    );
+    assert_eq!(
+        wait_for(&db.url, &marker_sql, 1, MINUTE).await,
+        1,
+        "the new group read to the end"
+    );
     replay.stop().await.unwrap();
     assert_eq!(scalar(&db.url, "SELECT count(*) FROM checks").await, 801);
-    assert_eq!(scalar(&db.url, "SELECT count(*) FROM dead_letters").await, 0);
+    assert_eq!(
+        scalar(&db.url, "SELECT count(*) FROM dead_letters").await,
+        0
+    );
 }
 
 #[test]
@@ -172,14 +228,25 @@ fn migrations_are_idempotent() {
             .unwrap()
     };
     let first = migrate();
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     assert!(String::from_utf8_lossy(&first.stderr).contains("migrations applied"));
     let second = migrate();
     assert!(second.status.success());
     assert!(String::from_utf8_lossy(&second.stderr).contains("the database is up to date"));
     let mut client = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
-    let versions: Vec<i32> = client.query("SELECT version FROM schema_migrations", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let versions: Vec<i32> = client
+        .query("SELECT version FROM schema_migrations", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(versions, [1]);
     // And the schema is whole: the view answers.
-    client.query("SELECT * FROM check_results LIMIT 1", &[]).unwrap();
+    client
+        .query("SELECT * FROM check_results LIMIT 1", &[])
+        .unwrap();
 }

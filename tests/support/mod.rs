@@ -9,8 +9,8 @@
 #![allow(dead_code)]
 
 pub mod http;
-pub mod pipeline;
 pub mod pg;
+pub mod pipeline;
 pub mod tls;
 pub mod writer;
 

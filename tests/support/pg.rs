@@ -17,11 +17,16 @@ fn pg_bin() -> PathBuf {
         .filter(|p| p.join("initdb").exists())
         .collect();
     dirs.sort();
-    dirs.pop().expect("no PostgreSQL server binaries: run scripts/test")
+    dirs.pop()
+        .expect("no PostgreSQL server binaries: run scripts/test")
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false)
 }
 
 /// A PostgreSQL program, run as the `postgres` user when we are root (the server refuses root).
@@ -38,7 +43,9 @@ fn command(program: &Path, args: &[&str]) -> Command {
 }
 
 fn run(program: &Path, args: &[&str]) -> std::process::Output {
-    let output = command(program, args).output().expect("run a PostgreSQL program");
+    let output = command(program, args)
+        .output()
+        .expect("run a PostgreSQL program");
     assert!(
         output.status.success(),
         "{} {args:?} failed: {}",
@@ -51,13 +58,30 @@ fn run(program: &Path, args: &[&str]) -> std::process::Output {
 impl PrivatePostgres {
     /// Creates and starts a cluster; `ssl` is (server certificate PEM, key PEM) to enable TLS.
     pub fn start(ssl: Option<(Vec<u8>, Vec<u8>)>) -> Self {
-        let dir = tempfile::Builder::new().prefix("pipe-pg-").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("pipe-pg-")
+            .tempdir_in("/tmp")
+            .unwrap();
         let data = dir.path().join("data");
         if is_root() {
-            Command::new("chown").args(["postgres:", dir.path().to_str().unwrap()]).status().unwrap();
+            Command::new("chown")
+                .args(["postgres:", dir.path().to_str().unwrap()])
+                .status()
+                .unwrap();
         }
         let bin = pg_bin();
-        run(&bin.join("initdb"), &["-D", data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "--no-sync"]);
+        run(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ],
+        );
         let port = super::http::closed_port();
         let mut conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\n",
@@ -69,9 +93,19 @@ impl PrivatePostgres {
             std::fs::write(&cert_path, cert).unwrap();
             std::fs::write(&key_path, key).unwrap();
             if is_root() {
-                Command::new("chown").args(["postgres:", cert_path.to_str().unwrap(), key_path.to_str().unwrap()]).status().unwrap();
+                Command::new("chown")
+                    .args([
+                        "postgres:",
+                        cert_path.to_str().unwrap(),
+                        key_path.to_str().unwrap(),
+                    ])
+                    .status()
+                    .unwrap();
             }
-            Command::new("chmod").args(["600", key_path.to_str().unwrap()]).status().unwrap();
+            Command::new("chmod")
+                .args(["600", key_path.to_str().unwrap()])
+                .status()
+                .unwrap();
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         }
         let mut existing = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
@@ -88,13 +122,26 @@ impl PrivatePostgres {
 
     /// Stops the server (fast shutdown: clients are disconnected).
     pub fn stop(&self) {
-        run(&self.bin.join("pg_ctl"), &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+        run(
+            &self.bin.join("pg_ctl"),
+            &["-D", &self.data(), "-m", "fast", "-w", "stop"],
+        );
     }
 
     /// Starts the server again.
     pub fn resume(&self) {
         let log = self.dir.path().join("server.log");
-        run(&self.bin.join("pg_ctl"), &["-D", &self.data(), "-l", log.to_str().unwrap(), "-w", "start"]);
+        run(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                &self.data(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
     }
 
     /// A URL for database `postgres` on this server, with `params` appended.
@@ -105,6 +152,10 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let _ = command(&self.bin.join("pg_ctl"), &["-D", &self.data(), "-m", "immediate", "-w", "stop"]).output();
+        let _ = command(
+            &self.bin.join("pg_ctl"),
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        )
+        .output();
     }
 }

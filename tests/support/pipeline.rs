@@ -35,6 +35,9 @@ pub fn capture(name: &str) -> mpsc::UnboundedReceiver<Captured> {
 pub struct CaptureConfig {
     /// The name the test passed to `capture`.
     channel: String,
+    /// After the first event, read nothing for this long, so the pipeline behind the sink fills.
+    #[serde(default, with = "pipe::config::duration::option")]
+    hold: Option<std::time::Duration>,
 }
 
 impl StageConfig for CaptureConfig {
@@ -49,18 +52,27 @@ impl StageConfig for CaptureConfig {
             .get(&self.channel)
             .cloned()
             .ok_or_else(|| ConfigError::at("channel", "call capture() first"))?;
-        Ok(Box::new(Capture { tx }))
+        Ok(Box::new(Capture {
+            tx,
+            hold: self.hold,
+        }))
     }
 }
 
 struct Capture {
     tx: mpsc::UnboundedSender<Captured>,
+    hold: Option<std::time::Duration>,
 }
 
 #[async_trait]
 impl Sink for Capture {
     async fn run(self: Box<Self>, mut input: Input, _cx: SinkContext) -> Result<(), BoxError> {
+        let mut first = true;
         while let Some(mut event) = input.recv().await {
+            if let (true, Some(hold)) = (first, self.hold) {
+                tokio::time::sleep(hold).await;
+            }
+            first = false;
             let raw = event.take_raw();
             let _ = self.tx.send((event.fields().clone(), raw));
             event.finish(AckStatus::Delivered);

@@ -98,13 +98,25 @@ impl StageConfig for PostgresSinkConfig {
     fn build(self, _cx: &BuildContext) -> Result<Box<dyn Sink>, Vec<ConfigError>> {
         let mut errors = Vec::new();
         if self.batch_size == 0 {
-            errors.push(ConfigError::at("batch_size", "a batch holds at least 1 event"));
+            errors.push(ConfigError::at(
+                "batch_size",
+                "a batch holds at least 1 event",
+            ));
         }
         if self.pool_size == 0 {
-            errors.push(ConfigError::at("pool_size", "the pool needs at least 1 connection"));
+            errors.push(ConfigError::at(
+                "pool_size",
+                "the pool needs at least 1 connection",
+            ));
         }
-        if self.retention.is_some_and(|r| r < Duration::from_secs(86_400)) {
-            errors.push(ConfigError::at("retention", "retention is counted in whole days: at least 1d"));
+        if self
+            .retention
+            .is_some_and(|r| r < Duration::from_secs(86_400))
+        {
+            errors.push(ConfigError::at(
+                "retention",
+                "retention is counted in whole days: at least 1d",
+            ));
         }
         let database = match Database::from_url(&self.url) {
             Ok(database) => Some(database),
@@ -204,7 +216,8 @@ impl Row {
             Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
             Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
         };
-        let start_delay_ms = i32::try_from(delay).map_err(|_| "started_at is too far from scheduled_at".to_owned())?;
+        let start_delay_ms = i32::try_from(delay)
+            .map_err(|_| "started_at is too far from scheduled_at".to_owned())?;
         let remote: Option<SocketAddr> = check.remote_addr.as_deref().and_then(|a| a.parse().ok());
         let timings = &check.timings_ms;
         let row = Row {
@@ -406,7 +419,10 @@ fn date_of_day(day: i64) -> SystemTime {
 }
 
 /// Creates the partition of each day (autocommitted: DDL outside the batch's transaction).
-fn ensure_partitions(client: &mut postgres::Client, days: impl IntoIterator<Item = i64>) -> Result<(), postgres::Error> {
+fn ensure_partitions(
+    client: &mut postgres::Client,
+    days: impl IntoIterator<Item = i64>,
+) -> Result<(), postgres::Error> {
     for day in days {
         client.execute(
             "SELECT pipe_ensure_check_partition(($1::timestamptz AT TIME ZONE 'UTC')::date)",
@@ -417,9 +433,18 @@ fn ensure_partitions(client: &mut postgres::Client, days: impl IntoIterator<Item
 }
 
 /// Writes one batch in one transaction; on a permanent error, row by row with savepoints.
-fn write_batch(pool: &PgPool, cache: &mut Cache, batch: &Batch) -> Result<(usize, usize), WriteError> {
+fn write_batch(
+    pool: &PgPool,
+    cache: &mut Cache,
+    batch: &Batch,
+) -> Result<(usize, usize), WriteError> {
     let mut client = pool.get()?;
-    let missing: Vec<i64> = batch.days.iter().copied().filter(|d| !cache.days.contains(d)).collect();
+    let missing: Vec<i64> = batch
+        .days
+        .iter()
+        .copied()
+        .filter(|d| !cache.days.contains(d))
+        .collect();
     ensure_partitions(&mut client, missing.iter().copied())?;
     cache.days.extend(missing);
 
@@ -431,7 +456,12 @@ fn write_batch(pool: &PgPool, cache: &mut Cache, batch: &Batch) -> Result<(usize
             .targets
             .iter()
             .filter(|t| seen.insert(t.name.as_str()))
-            .filter(|t| cache.targets.get(&t.name).is_none_or(|(_, known)| known != *t))
+            .filter(|t| {
+                cache
+                    .targets
+                    .get(&t.name)
+                    .is_none_or(|(_, known)| known != *t)
+            })
             .collect()
     };
     let mut fresh = Vec::new();
@@ -442,11 +472,18 @@ fn write_batch(pool: &PgPool, cache: &mut Cache, batch: &Batch) -> Result<(usize
         let regexes: Vec<Option<&str>> = changed.iter().map(|t| t.regex.as_deref()).collect();
         for row in tx.query(UPSERT_TARGETS, &[&names, &urls, &methods, &regexes])? {
             let (id, name): (i32, String) = (row.get(0), row.get(1));
-            let target = changed.iter().find(|t| t.name == name).expect("returned names were sent");
+            let target = changed
+                .iter()
+                .find(|t| t.name == name)
+                .expect("returned names were sent");
             fresh.push((name, (id, (*target).clone())));
         }
     }
-    let mut ids: HashMap<String, i32> = cache.targets.iter().map(|(n, (id, _))| (n.clone(), *id)).collect();
+    let mut ids: HashMap<String, i32> = cache
+        .targets
+        .iter()
+        .map(|(n, (id, _))| (n.clone(), *id))
+        .collect();
     ids.extend(fresh.iter().map(|(n, (id, _))| (n.clone(), *id)));
 
     let all: Vec<&Row> = batch.rows.iter().collect();
@@ -472,7 +509,11 @@ fn write_rows_one_by_one(
 ) -> Result<(usize, usize), WriteError> {
     let mut tx = client.transaction()?;
     let mut seen = HashSet::new();
-    let targets: Vec<&TargetRow> = batch.targets.iter().filter(|t| seen.insert(t.name.as_str())).collect();
+    let targets: Vec<&TargetRow> = batch
+        .targets
+        .iter()
+        .filter(|t| seen.insert(t.name.as_str()))
+        .collect();
     let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
     let urls: Vec<&str> = targets.iter().map(|t| t.url.as_str()).collect();
     let methods: Vec<&str> = targets.iter().map(|t| t.method.as_str()).collect();
@@ -481,7 +522,10 @@ fn write_rows_one_by_one(
     let mut fresh = Vec::new();
     for row in tx.query(UPSERT_TARGETS, &[&names, &urls, &methods, &regexes])? {
         let (id, name): (i32, String) = (row.get(0), row.get(1));
-        let target = targets.iter().find(|t| t.name == name).expect("returned names were sent");
+        let target = targets
+            .iter()
+            .find(|t| t.name == name)
+            .expect("returned names were sent");
         ids.insert(name.clone(), id);
         fresh.push((name, (id, (*target).clone())));
     }
@@ -511,13 +555,20 @@ fn write_rows_one_by_one(
 }
 
 /// Creates the partitions from yesterday to `ahead` days on, and drops expired ones.
-fn maintain(pool: &PgPool, cache: &mut Cache, ahead: u32, retention: Option<Duration>) -> Result<i32, WriteError> {
+fn maintain(
+    pool: &PgPool,
+    cache: &mut Cache,
+    ahead: u32,
+    retention: Option<Duration>,
+) -> Result<i32, WriteError> {
     let mut client = pool.get()?;
     let today = day_of(SystemTime::now());
     let days: Vec<i64> = (today - 1..=today + i64::from(ahead)).collect();
     ensure_partitions(&mut client, days.iter().copied())?;
     cache.days.extend(days);
-    let Some(retention) = retention else { return Ok(0) };
+    let Some(retention) = retention else {
+        return Ok(0);
+    };
     let cutoff = today - (retention.as_secs() / 86_400) as i64;
     let row = client.query_one(
         "SELECT pipe_drop_check_partitions_before(($1::timestamptz AT TIME ZONE 'UTC')::date)",
@@ -596,9 +647,10 @@ impl PostgresSink {
                 continue;
             }
             let payload = || serde_json::to_vec(event.fields()).unwrap_or_default();
-            let converted = serde_json::from_value::<CheckResult>(Value::Object(event.fields().clone()))
-                .map_err(|e| format!("not a check result: {e}"))
-                .and_then(Row::from_check);
+            let converted =
+                serde_json::from_value::<CheckResult>(Value::Object(event.fields().clone()))
+                    .map_err(|e| format!("not a check result: {e}"))
+                    .and_then(Row::from_check);
             match converted {
                 Ok((row, target)) => {
                     let day = day_of(row.checked_at);
@@ -632,8 +684,11 @@ impl Sink for PostgresSink {
             info!(cx.logger, "migrations checked"; "applied_now" => ?applied);
         }
         let (ahead, retention) = (self.config.partitions_ahead, self.config.retention);
-        let maintenance = move |pool: &PgPool, cache: &mut Cache| maintain(pool, cache, ahead, retention);
-        let dropped = self.with_retries("partition maintenance", &cx, &cache, maintenance).await?;
+        let maintenance =
+            move |pool: &PgPool, cache: &mut Cache| maintain(pool, cache, ahead, retention);
+        let dropped = self
+            .with_retries("partition maintenance", &cx, &cache, maintenance)
+            .await?;
         if dropped > 0 {
             info!(cx.logger, "expired partitions dropped"; "count" => dropped);
         }
@@ -668,7 +723,8 @@ impl Sink for PostgresSink {
                 }
             }
 
-            let cutoff_day = retention.map(|r| day_of(SystemTime::now()) - (r.as_secs() / 86_400) as i64);
+            let cutoff_day =
+                retention.map(|r| day_of(SystemTime::now()) - (r.as_secs() / 86_400) as i64);
             let (batch, expired) = self.prepare(&events, cutoff_day);
             if expired > 0 {
                 debug!(cx.logger, "checks older than the retention skipped"; "count" => expired);
@@ -676,8 +732,10 @@ impl Sink for PostgresSink {
             let batch = Arc::new(batch);
             let written = {
                 let batch = Arc::clone(&batch);
-                self.with_retries("write batch", &cx, &cache, move |pool, cache| write_batch(pool, cache, &batch))
-                    .await?
+                self.with_retries("write batch", &cx, &cache, move |pool, cache| {
+                    write_batch(pool, cache, &batch)
+                })
+                .await?
             };
             stored += written.0 as u64;
             dead_lettered += written.1 as u64;
@@ -702,14 +760,19 @@ mod tests {
     fn days_and_dates_round_trip() {
         let t = UNIX_EPOCH + Duration::from_secs(20_000 * 86_400 + 3600);
         assert_eq!(day_of(t), 20_000);
-        assert_eq!(date_of_day(20_000), UNIX_EPOCH + Duration::from_secs(20_000 * 86_400));
+        assert_eq!(
+            date_of_day(20_000),
+            UNIX_EPOCH + Duration::from_secs(20_000 * 86_400)
+        );
         assert_eq!(day_of(UNIX_EPOCH - Duration::from_secs(1)), -1);
     }
 
     #[test]
     fn milliseconds_become_microseconds_in_range() {
         assert_eq!(micros(1.2345, "x"), Ok(1235));
-        assert!(micros(1e12, "response_time_ms").unwrap_err().contains("out of range"));
+        assert!(micros(1e12, "response_time_ms")
+            .unwrap_err()
+            .contains("out of range"));
         assert!(micros(f64::NAN, "x").is_err());
     }
 

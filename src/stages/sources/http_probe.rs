@@ -33,8 +33,8 @@ use crate::config::duration;
 use crate::event::Event;
 use crate::registry::{BuildContext, StageConfig};
 use crate::schedule::{self, Clock, Entry};
-use crate::stage::{BoxError, Source, SourceContext};
 use crate::secrets::redact_url;
+use crate::stage::{BoxError, Source, SourceContext};
 use crate::stages::transforms::regex_match::compile_pattern;
 
 /// Redirects followed at most when `follow_redirects` is on.

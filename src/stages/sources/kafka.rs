@@ -98,7 +98,10 @@ impl StageConfig for KafkaSourceConfig {
             errors.push(ConfigError::at("topics", "name at least one topic"));
         }
         if self.group.trim().is_empty() {
-            errors.push(ConfigError::at("group", "the consumer group must not be empty"));
+            errors.push(ConfigError::at(
+                "group",
+                "the consumer group must not be empty",
+            ));
         }
         let mut config = match kafka::client_config(&self.brokers, &self.options, DEFAULTS) {
             Ok(config) => Some(config),
@@ -122,7 +125,10 @@ impl StageConfig for KafkaSourceConfig {
             match config.create_with_context::<_, StreamConsumer<KafkaContext>>(context) {
                 Ok(consumer) => Some(consumer),
                 Err(e) => {
-                    errors.push(ConfigError::at("options", kafka::redact(&e.to_string(), &self.options)));
+                    errors.push(ConfigError::at(
+                        "options",
+                        kafka::redact(&e.to_string(), &self.options),
+                    ));
                     None
                 }
             }
@@ -243,7 +249,11 @@ impl KafkaSource {
 }
 
 /// Decodes one payload, or says why it cannot be.
-pub fn decode_payload(payload: &[u8], format: Format, max_bytes: usize) -> Result<serde_json::Map<String, Value>, String> {
+pub fn decode_payload(
+    payload: &[u8],
+    format: Format,
+    max_bytes: usize,
+) -> Result<serde_json::Map<String, Value>, String> {
     if payload.len() > max_bytes {
         return Err(format!(
             "the message has {} bytes, more than max_message_bytes ({max_bytes})",
@@ -261,7 +271,11 @@ pub fn decode_payload(payload: &[u8], format: Format, max_bytes: usize) -> Resul
                 serde_json::from_slice(payload).map_err(|e| format!("invalid JSON: {e}"))?;
             match value.get("schema_version") {
                 Some(v) if v.as_u64() == Some(u64::from(SCHEMA_VERSION)) => {}
-                Some(v) => return Err(format!("unknown schema_version {v}; this writer reads {SCHEMA_VERSION}")),
+                Some(v) => {
+                    return Err(format!(
+                        "unknown schema_version {v}; this writer reads {SCHEMA_VERSION}"
+                    ))
+                }
                 None => return Err("no schema_version: not a check result".to_owned()),
             }
             let check: CheckResult = serde_json::from_value(value)
@@ -289,16 +303,34 @@ impl Source for KafkaSource {
         let result: Result<(), BoxError> = loop {
             // Rebalances happened inside the last poll: forget revoked partitions' positions and
             // drop what we still hold of them; keep new partitions paused while we are.
-            let revoked: Vec<Partition> = std::mem::take(&mut *self.consumer.context().revoked.lock().expect("not poisoned"));
+            let revoked: Vec<Partition> = std::mem::take(
+                &mut *self
+                    .consumer
+                    .context()
+                    .revoked
+                    .lock()
+                    .expect("not poisoned"),
+            );
             if !revoked.is_empty() {
                 pending.retain(|event| {
-                    event.origin().is_none_or(|o| !revoked.iter().any(|(t, p)| **t == *o.topic && *p == o.partition))
+                    event.origin().is_none_or(|o| {
+                        !revoked
+                            .iter()
+                            .any(|(t, p)| **t == *o.topic && *p == o.partition)
+                    })
                 });
                 for partition in &revoked {
                     acks.forget(partition);
                 }
             }
-            let newly_assigned = std::mem::take(&mut *self.consumer.context().assigned.lock().expect("not poisoned"));
+            let newly_assigned = std::mem::take(
+                &mut *self
+                    .consumer
+                    .context()
+                    .assigned
+                    .lock()
+                    .expect("not poisoned"),
+            );
             if newly_assigned && paused {
                 self.set_paused(true, &logger);
             }
@@ -350,7 +382,10 @@ impl Source for KafkaSource {
             }
             self.complete(done, &logger)?;
         }
-        if let Err(e) = self.consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        if let Err(e) = self
+            .consumer
+            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+        {
             // Nothing stored since the last auto-commit is not an error.
             if !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
                 error!(logger, "final offset commit failed; the next run re-reads from the previous commit"; "error" => %e);
@@ -390,19 +425,36 @@ mod tests {
 
     #[test]
     fn each_kind_of_poison_is_named() {
-        assert!(decode(b"{not json").unwrap_err().starts_with("invalid JSON:"));
+        assert!(decode(b"{not json")
+            .unwrap_err()
+            .starts_with("invalid JSON:"));
         let mut v = check();
         v["schema_version"] = 2.into();
-        assert_eq!(decode(v.to_string().as_bytes()).unwrap_err(), "unknown schema_version 2; this writer reads 1");
+        assert_eq!(
+            decode(v.to_string().as_bytes()).unwrap_err(),
+            "unknown schema_version 2; this writer reads 1"
+        );
         let mut v = check();
         v.as_object_mut().unwrap().remove("check_id");
-        assert!(decode(v.to_string().as_bytes()).unwrap_err().contains("missing field `check_id`"));
+        assert!(decode(v.to_string().as_bytes())
+            .unwrap_err()
+            .contains("missing field `check_id`"));
         let mut v = check();
         v["up"] = "yes".into();
-        assert!(decode(v.to_string().as_bytes()).unwrap_err().contains("invalid type"));
+        assert!(decode(v.to_string().as_bytes())
+            .unwrap_err()
+            .contains("invalid type"));
         let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(5000));
-        assert!(decode(big.as_bytes()).unwrap_err().contains("more than max_message_bytes (4096)"));
-        assert_eq!(decode(b"[1]").unwrap_err(), "no schema_version: not a check result");
-        assert_eq!(decode_payload(b"[1]", Format::Json, 100).unwrap_err(), "not a JSON object");
+        assert!(decode(big.as_bytes())
+            .unwrap_err()
+            .contains("more than max_message_bytes (4096)"));
+        assert_eq!(
+            decode(b"[1]").unwrap_err(),
+            "no schema_version: not a check result"
+        );
+        assert_eq!(
+            decode_payload(b"[1]", Format::Json, 100).unwrap_err(),
+            "not a JSON object"
+        );
     }
 }

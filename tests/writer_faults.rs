@@ -1,0 +1,282 @@
+//! The writer when things go wrong: killed mid-stream, its database restarted, its consumer
+//! group shared and left, and its TLS checked against certificates made here.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pipe::database::Database;
+use pipe::topology::RunOptions;
+use support::writer::{self, scalar_or_minus_one, strings, wait_for};
+use support::{pipeline, unique_name};
+
+const TWO_MINUTES: Duration = Duration::from_secs(120);
+
+fn start_writer(file: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_pipe"))
+        .args(["run", file.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_writer_killed_mid_stream_and_restarted_stores_every_check_once() {
+    const N: usize = 30_000;
+    let brokers = support::kafka_brokers();
+    let topic = support::create_topic("killed", 3).await;
+    let db = tokio::task::spawn_blocking(|| support::create_database("killed"))
+        .await
+        .unwrap();
+    let checks = writer::checks(N, 50);
+    writer::produce(&brokers, &topic, &checks).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("writer.yaml");
+    std::fs::write(
+        &file,
+        writer::writer_yaml(&brokers, &topic, &unique_name("group"), &db.url, ""),
+    )
+    .unwrap();
+
+    let mut first = start_writer(&file);
+    let sql = "SELECT count(*) FROM checks";
+    let deadline = tokio::time::Instant::now() + TWO_MINUTES;
+    let mut at_kill = scalar_or_minus_one(&db.url, sql).await;
+    while at_kill < 2_000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the writer stored nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        at_kill = scalar_or_minus_one(&db.url, sql).await;
+    }
+    first.kill().unwrap(); // SIGKILL: no drain, no final commit
+    first.wait().unwrap();
+    assert!(
+        (at_kill as usize) < N,
+        "killed after the end ({at_kill} rows): the test proves nothing"
+    );
+
+    let mut second = start_writer(&file);
+    let stored = wait_for(&db.url, sql, N as i64, TWO_MINUTES).await;
+    Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap();
+    let status = second.wait().unwrap();
+    assert_eq!(stored, N as i64, "killed at {at_kill} rows");
+    assert!(status.success(), "the restarted writer stops cleanly");
+    let rows: BTreeSet<String> = strings(&db.url, "SELECT check_id::text FROM checks")
+        .await
+        .into_iter()
+        .collect();
+    let sent: BTreeSet<String> = checks.iter().map(|c| c.check_id.to_string()).collect();
+    assert_eq!(rows, sent);
+}
+
+#[tokio::test]
+async fn postgres_stopped_and_restarted_during_ingestion_loses_and_duplicates_nothing() {
+    const N: usize = 20_000;
+    let pg = tokio::task::spawn_blocking(|| support::pg::PrivatePostgres::start(None))
+        .await
+        .unwrap();
+    let url = pg.url("127.0.0.1", "?sslmode=disable");
+    let brokers = support::kafka_brokers();
+    let topic = support::create_topic("pgrestart", 3).await;
+    let checks = writer::checks(N, 20);
+    writer::produce(&brokers, &topic, &checks).await;
+
+    let running = pipeline::start(
+        &writer::writer_yaml(&brokers, &topic, &unique_name("group"), &url, ""),
+        RunOptions::default(),
+    );
+    let sql = "SELECT count(*) FROM checks";
+    let deadline = tokio::time::Instant::now() + TWO_MINUTES;
+    while scalar_or_minus_one(&url, sql).await < 1_000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the writer stored nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !running.is_finished(),
+        "the writer waits for the database instead of failing"
+    );
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.resume();
+        pg
+    })
+    .await
+    .unwrap();
+
+    let stored = wait_for(&url, sql, N as i64, TWO_MINUTES).await;
+    running
+        .stop()
+        .await
+        .expect("recovered by itself, and stops cleanly");
+    assert_eq!(stored, N as i64);
+    let rows: BTreeSet<String> = strings(&url, "SELECT check_id::text FROM checks")
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(
+        rows,
+        checks.iter().map(|c| c.check_id.to_string()).collect()
+    );
+    drop(pg);
+}
+
+#[tokio::test]
+async fn two_writers_in_one_group_split_the_partitions_and_survive_one_leaving() {
+    let brokers = support::kafka_brokers();
+    let topic = support::create_topic("shared", 4).await;
+    let db = tokio::task::spawn_blocking(|| support::create_database("shared"))
+        .await
+        .unwrap();
+    let group = unique_name("group");
+    let yaml = |channel: &str| {
+        writer::writer_yaml(&brokers, &topic, &group, &db.url, "").replace(
+            "sinks:\n",
+            &format!("sinks:\n  seen:\n    type: capture\n    inputs: [checks]\n    channel: {channel}\n"),
+        )
+    };
+    let (a_name, b_name) = (unique_name("a"), unique_name("b"));
+    let mut a_seen = pipeline::capture(&a_name);
+    let mut b_seen = pipeline::capture(&b_name);
+    let a = pipeline::start(&yaml(&a_name), RunOptions::default());
+    let b = pipeline::start(&yaml(&b_name), RunOptions::default());
+    // Let both join before the data arrives, so the partitions are split.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    let checks = writer::checks(8_000, 40);
+    writer::produce(&brokers, &topic, &checks[..4_000]).await;
+    assert_eq!(
+        wait_for(&db.url, "SELECT count(*) FROM checks", 4_000, TWO_MINUTES).await,
+        4_000
+    );
+    let count = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<_>| {
+        let mut n = 0;
+        while rx.try_recv().is_ok() {
+            n += 1;
+        }
+        n
+    };
+    let (a_first, b_first) = (count(&mut a_seen), count(&mut b_seen));
+    assert!(
+        a_first > 0 && b_first > 0,
+        "both writers took partitions: {a_first} and {b_first}"
+    );
+
+    a.stop().await.expect("a clean leave");
+    writer::produce(&brokers, &topic, &checks[4_000..]).await;
+    assert_eq!(
+        wait_for(&db.url, "SELECT count(*) FROM checks", 8_000, TWO_MINUTES).await,
+        8_000
+    );
+    b.stop().await.expect("a clean stop");
+    let rows: BTreeSet<String> = strings(&db.url, "SELECT check_id::text FROM checks")
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(
+        rows,
+        checks.iter().map(|c| c.check_id.to_string()).collect()
+    );
+    assert!(count(&mut b_seen) > 0, "the remaining writer took over");
+}
+
+#[test]
+fn postgres_tls_verifies_the_ca_and_the_host_name() {
+    use support::tls;
+    let ca_key = tls::key();
+    let ca = tls::certificate("pipe test CA", &ca_key, None, true);
+    let server_key = tls::key();
+    let server = tls::certificate("localhost", &server_key, Some((&ca, &ca_key)), false);
+    let other_ca_key = tls::key();
+    let other_ca = tls::certificate("another CA", &other_ca_key, None, true);
+    let pg = support::pg::PrivatePostgres::start(Some((
+        server.to_pem().unwrap(),
+        server_key.private_key_to_pem_pkcs8().unwrap(),
+    )));
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    let other_file = dir.path().join("other.pem");
+    std::fs::write(&ca_file, ca.to_pem().unwrap()).unwrap();
+    std::fs::write(&other_file, other_ca.to_pem().unwrap()).unwrap();
+
+    let connect = |host: &str, params: String| -> Result<bool, String> {
+        let database = Database::from_url(&pg.url(host, &params))?;
+        let mut client = database
+            .connect()
+            .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(row.get(0))
+    };
+    let ca_param = |file: &std::path::Path| format!("sslrootcert={}", file.display());
+
+    assert_eq!(
+        connect(
+            "localhost",
+            format!("?sslmode=require&{}", ca_param(&ca_file))
+        ),
+        Ok(true),
+        "the right CA connects"
+    );
+    assert_eq!(
+        connect(
+            "localhost",
+            format!("?sslmode=verify-full&{}", ca_param(&ca_file))
+        ),
+        Ok(true)
+    );
+    let wrong_ca = connect(
+        "localhost",
+        format!("?sslmode=require&{}", ca_param(&other_file)),
+    );
+    assert!(
+        wrong_ca
+            .as_ref()
+            .is_err_and(|e| e.contains("certificate verify failed")),
+        "a wrong CA is refused: {wrong_ca:?}"
+    );
+    let wrong_host = connect(
+        "127.0.0.1",
+        format!("?sslmode=require&{}", ca_param(&ca_file)),
+    );
+    assert!(
+        wrong_host
+            .as_ref()
+            .is_err_and(|e| e.contains("certificate verify failed")),
+        "a wrong host name is refused: {wrong_host:?}"
+    );
+    // verify-ca checks the chain only, as in libpq.
+    assert_eq!(
+        connect(
+            "127.0.0.1",
+            format!("?sslmode=verify-ca&{}", ca_param(&ca_file))
+        ),
+        Ok(true)
+    );
+    // Plaintext only when the URL says so.
+    assert_eq!(
+        connect("127.0.0.1", "?sslmode=disable".to_owned()),
+        Ok(false)
+    );
+}
