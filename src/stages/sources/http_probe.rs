@@ -30,6 +30,8 @@ use tokio::time::Instant;
 use crate::check::{self, CheckError, CheckResult, ErrorKind, Timings, SCHEMA_VERSION};
 use crate::config::diagnostic::ConfigError;
 use crate::config::duration;
+use crate::config::interpolate;
+use crate::config::locate::Locations;
 use crate::event::Event;
 use crate::registry::{BuildContext, StageConfig};
 use crate::schedule::{self, Clock, Entry};
@@ -334,10 +336,27 @@ impl StageConfig for HttpProbeConfig {
     }
 }
 
+/// Reads a targets file: YAML, with `${VAR}` interpolated in string values as in pipeline
+/// files. Errors say where (line and column, item path) and never echo substituted values.
 fn load_targets_file(path: &std::path::Path) -> Result<Vec<TargetConfig>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
-    // serde_norway's message already names the item path and the line.
-    serde_norway::from_str(&text).map_err(|e| e.to_string().trim_start_matches('.').to_owned())
+    let mut document: serde_norway::Value =
+        serde_norway::from_str(&text).map_err(|e| format!("invalid YAML: {e}"))?;
+    let locations = Locations::index(&text);
+    let at = |path: &str| match locations.find(path) {
+        Some(l) => format!("line {} column {}: ", l.line, l.column),
+        None => String::new(),
+    };
+    let mut secrets = Vec::new();
+    let lookup = |var: &str| std::env::var(var).ok();
+    if let Some(e) = interpolate::interpolate(&mut document, "", &lookup, &mut secrets).first() {
+        return Err(format!("{}{}: {}", at(&e.path), e.path, e.message));
+    }
+    serde_path_to_error::deserialize(document).map_err(|e| {
+        let path = e.path().to_string();
+        let message = interpolate::redact(&e.into_inner().to_string(), &secrets);
+        format!("{}{path}: {message}", at(&path))
+    })
 }
 
 type TargetErrors = (String, Vec<(&'static str, String)>);
@@ -796,16 +815,25 @@ mod tests {
         let errors = config.build(&cx).err().unwrap();
         assert_eq!(errors[0].field.as_deref(), Some("targets_file"));
         assert!(
-            errors[0]
-                .message
-                .starts_with("targets_file `bad.yaml`: [1]: unknown field `nme`"),
+            errors[0].message.starts_with(
+                "targets_file `bad.yaml`: line 2 column 3: [1].nme: unknown field `nme`"
+            ),
             "{}",
             errors[0].message
         );
-        assert!(
-            errors[0].message.contains("line 2"),
-            "{}",
-            errors[0].message
+
+        // ${VAR}s are interpolated as in pipeline files.
+        std::env::set_var("PIPE_TEST_TARGET_HOST", "example.net");
+        std::fs::write(
+            dir.path().join("env.yaml"),
+            "- url: https://${PIPE_TEST_TARGET_HOST}/\n- url: ${PIPE_TEST_UNSET_VAR}\n",
+        )
+        .unwrap();
+        let config: HttpProbeConfig = serde_norway::from_str("targets_file: env.yaml").unwrap();
+        let errors = config.build(&cx).err().unwrap();
+        assert_eq!(
+            errors[0].message,
+            "targets_file `env.yaml`: line 2 column 3: [1].url: environment variable `PIPE_TEST_UNSET_VAR` is not set and has no default (write `${PIPE_TEST_UNSET_VAR:-default}`)"
         );
     }
 
