@@ -138,65 +138,6 @@ async fn postgres_stopped_and_restarted_during_ingestion_loses_and_duplicates_no
     drop(pg);
 }
 
-#[tokio::test]
-async fn two_writers_in_one_group_split_the_partitions_and_survive_one_leaving() {
-    let brokers = support::kafka_brokers();
-    let topic = support::create_topic("shared", 4).await;
-    let db = tokio::task::spawn_blocking(|| support::create_database("shared"))
-        .await
-        .unwrap();
-    let group = unique_name("group");
-    let yaml = |channel: &str| {
-        writer::writer_yaml(&brokers, &topic, &group, &db.url, "").replace(
-            "sinks:\n",
-            &format!("sinks:\n  seen:\n    type: capture\n    inputs: [checks]\n    channel: {channel}\n"),
-        )
-    };
-    let (a_name, b_name) = (unique_name("a"), unique_name("b"));
-    let mut a_seen = pipeline::capture(&a_name);
-    let mut b_seen = pipeline::capture(&b_name);
-    let a = pipeline::start(&yaml(&a_name), RunOptions::default());
-    let b = pipeline::start(&yaml(&b_name), RunOptions::default());
-    // Let both join before the data arrives, so the partitions are split.
-    tokio::time::sleep(Duration::from_secs(8)).await;
-
-    let checks = writer::checks(8_000, 40);
-    writer::produce(&brokers, &topic, &checks[..4_000]).await;
-    assert_eq!(
-        wait_for(&db.url, "SELECT count(*) FROM checks", 4_000, TWO_MINUTES).await,
-        4_000
-    );
-    let count = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<_>| {
-        let mut n = 0;
-        while rx.try_recv().is_ok() {
-            n += 1;
-        }
-        n
-    };
-    let (a_first, b_first) = (count(&mut a_seen), count(&mut b_seen));
-    assert!(
-        a_first > 0 && b_first > 0,
-        "both writers took partitions: {a_first} and {b_first}"
-    );
-
-    a.stop().await.expect("a clean leave");
-    writer::produce(&brokers, &topic, &checks[4_000..]).await;
-    assert_eq!(
-        wait_for(&db.url, "SELECT count(*) FROM checks", 8_000, TWO_MINUTES).await,
-        8_000
-    );
-    b.stop().await.expect("a clean stop");
-    let rows: BTreeSet<String> = strings(&db.url, "SELECT check_id::text FROM checks")
-        .await
-        .into_iter()
-        .collect();
-    assert_eq!(
-        rows,
-        checks.iter().map(|c| c.check_id.to_string()).collect()
-    );
-    assert!(count(&mut b_seen) > 0, "the remaining writer took over");
-}
-
 #[test]
 fn postgres_tls_verifies_the_ca_and_the_host_name() {
     use support::tls;

@@ -22,10 +22,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use futures::stream::{FuturesUnordered, StreamExt};
 use postgres_openssl::MakeTlsConnector;
 use r2d2::Pool;
 use r2d2_postgres::PostgresConnectionManager;
@@ -34,7 +35,7 @@ use serde_json::Value;
 use slog::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::ack::AckStatus;
+use crate::ack::{AckHandle, AckStatus};
 use crate::check::CheckResult;
 use crate::config::diagnostic::ConfigError;
 use crate::config::duration;
@@ -56,6 +57,9 @@ fn default_pool_size() -> u32 {
 }
 fn default_partitions_ahead() -> u32 {
     7
+}
+fn default_parallel_batches() -> usize {
+    2
 }
 fn default_max_backoff() -> Duration {
     Duration::from_secs(30)
@@ -84,6 +88,9 @@ pub struct PostgresSinkConfig {
     /// Connections in the pool. Default 4.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
+    /// Batches written at once, so commits overlap. Default 2; at most `pool_size`.
+    #[serde(default = "default_parallel_batches")]
+    pub parallel_batches: usize,
     /// Longest pause between two attempts of a failing write. Default `30s`.
     #[serde(default = "default_max_backoff", with = "duration")]
     pub max_backoff: Duration,
@@ -211,7 +218,7 @@ fn micros_opt(ms: Option<f64>, field: &str) -> Result<Option<i32>, String> {
 }
 
 impl Row {
-    fn from_check(check: CheckResult) -> Result<(Row, TargetRow), String> {
+    fn from_check(check: &CheckResult) -> Result<(Row, TargetRow), String> {
         let delay = match check.started_at.duration_since(check.scheduled_at) {
             Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
             Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
@@ -253,14 +260,14 @@ impl Row {
             up: check.up,
             regex_matched: check.regex_matched,
             remote_ip: remote.map(|a| a.ip()),
-            error_message: check.error.map(|e| e.message),
-            captures: check.captures.map(Value::Object),
+            error_message: check.error.as_ref().map(|e| e.message.clone()),
+            captures: check.captures.clone().map(Value::Object),
         };
         let target = TargetRow {
-            name: check.target,
-            url: check.url,
-            method: check.method,
-            regex: check.regex,
+            name: check.target.clone(),
+            url: check.url.clone(),
+            method: check.method.clone(),
+            regex: check.regex.clone(),
         };
         Ok((row, target))
     }
@@ -389,8 +396,8 @@ struct Batch {
     rows: Vec<Row>,
     targets: Vec<TargetRow>,
     dead: Vec<DeadLetter>,
-    /// A dead letter's details for each row, in case the database refuses it.
-    sources: Vec<DeadLetter>,
+    /// Where each row came from, and the check itself, in case the database refuses it.
+    sources: Vec<(DeadLetter, CheckResult)>,
     days: HashSet<i64>,
 }
 
@@ -432,60 +439,75 @@ fn ensure_partitions(
     Ok(())
 }
 
+/// Upserts `targets` (new or changed ones) and returns their ids. Sorted by name, so that
+/// concurrent batches lock target rows in one order and cannot deadlock each other.
+fn upsert_targets(
+    client: &mut impl postgres::GenericClient,
+    targets: &mut [TargetRow],
+) -> Result<Vec<(String, (i32, TargetRow))>, postgres::Error> {
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    targets.sort_by(|a, b| a.name.cmp(&b.name));
+    let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+    let urls: Vec<&str> = targets.iter().map(|t| t.url.as_str()).collect();
+    let methods: Vec<&str> = targets.iter().map(|t| t.method.as_str()).collect();
+    let regexes: Vec<Option<&str>> = targets.iter().map(|t| t.regex.as_deref()).collect();
+    let mut fresh = Vec::with_capacity(targets.len());
+    for row in client.query(UPSERT_TARGETS, &[&names, &urls, &methods, &regexes])? {
+        let (id, name): (i32, String) = (row.get(0), row.get(1));
+        let target = targets
+            .iter()
+            .find(|t| t.name == name)
+            .expect("returned names were sent");
+        fresh.push((name, (id, target.clone())));
+    }
+    Ok(fresh)
+}
+
 /// Writes one batch in one transaction; on a permanent error, row by row with savepoints.
+/// The cache is locked only briefly, so several batches can be written at once.
 fn write_batch(
     pool: &PgPool,
-    cache: &mut Cache,
+    cache: &Mutex<Cache>,
     batch: &Batch,
 ) -> Result<(usize, usize), WriteError> {
-    let mut client = pool.get()?;
-    let missing: Vec<i64> = batch
-        .days
-        .iter()
-        .copied()
-        .filter(|d| !cache.days.contains(d))
-        .collect();
-    ensure_partitions(&mut client, missing.iter().copied())?;
-    cache.days.extend(missing);
-
-    let mut tx = client.transaction()?;
-    // Targets that are new, or whose URL, method or regex changed.
-    let changed: Vec<&TargetRow> = {
+    let (missing_days, mut changed, mut ids) = {
+        let cache = cache.lock().expect("not poisoned");
+        let missing: Vec<i64> = batch
+            .days
+            .iter()
+            .copied()
+            .filter(|d| !cache.days.contains(d))
+            .collect();
         let mut seen = HashSet::new();
-        batch
+        let mut changed = Vec::new();
+        let mut ids = HashMap::new();
+        for target in batch
             .targets
             .iter()
             .filter(|t| seen.insert(t.name.as_str()))
-            .filter(|t| {
-                cache
-                    .targets
-                    .get(&t.name)
-                    .is_none_or(|(_, known)| known != *t)
-            })
-            .collect()
-    };
-    let mut fresh = Vec::new();
-    if !changed.is_empty() {
-        let names: Vec<&str> = changed.iter().map(|t| t.name.as_str()).collect();
-        let urls: Vec<&str> = changed.iter().map(|t| t.url.as_str()).collect();
-        let methods: Vec<&str> = changed.iter().map(|t| t.method.as_str()).collect();
-        let regexes: Vec<Option<&str>> = changed.iter().map(|t| t.regex.as_deref()).collect();
-        for row in tx.query(UPSERT_TARGETS, &[&names, &urls, &methods, &regexes])? {
-            let (id, name): (i32, String) = (row.get(0), row.get(1));
-            let target = changed
-                .iter()
-                .find(|t| t.name == name)
-                .expect("returned names were sent");
-            fresh.push((name, (id, (*target).clone())));
+        {
+            match cache.targets.get(&target.name) {
+                Some((id, known)) if known == target => {
+                    ids.insert(target.name.clone(), *id);
+                }
+                _ => changed.push(target.clone()),
+            }
         }
-    }
-    let mut ids: HashMap<String, i32> = cache
-        .targets
-        .iter()
-        .map(|(n, (id, _))| (n.clone(), *id))
-        .collect();
-    ids.extend(fresh.iter().map(|(n, (id, _))| (n.clone(), *id)));
+        (missing, changed, ids)
+    };
+    let mut client = pool.get()?;
+    ensure_partitions(&mut client, missing_days.iter().copied())?;
+    cache
+        .lock()
+        .expect("not poisoned")
+        .days
+        .extend(missing_days);
 
+    let mut tx = client.transaction()?;
+    let fresh = upsert_targets(&mut tx, &mut changed)?;
+    ids.extend(fresh.iter().map(|(name, (id, _))| (name.clone(), *id)));
     let all: Vec<&Row> = batch.rows.iter().collect();
     let mut tx = match insert_checks(&mut tx, &all, &ids) {
         Ok(_) => tx,
@@ -498,40 +520,31 @@ fn write_batch(
     };
     insert_dead_letters(&mut tx, &batch.dead)?;
     tx.commit()?;
-    cache.targets.extend(fresh);
+    cache.lock().expect("not poisoned").targets.extend(fresh);
     Ok((batch.rows.len(), batch.dead.len()))
 }
 
 fn write_rows_one_by_one(
-    cache: &mut Cache,
+    cache: &Mutex<Cache>,
     batch: &Batch,
     client: &mut postgres::Client,
 ) -> Result<(usize, usize), WriteError> {
     let mut tx = client.transaction()?;
     let mut seen = HashSet::new();
-    let targets: Vec<&TargetRow> = batch
+    let mut targets: Vec<TargetRow> = batch
         .targets
         .iter()
         .filter(|t| seen.insert(t.name.as_str()))
+        .cloned()
         .collect();
-    let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
-    let urls: Vec<&str> = targets.iter().map(|t| t.url.as_str()).collect();
-    let methods: Vec<&str> = targets.iter().map(|t| t.method.as_str()).collect();
-    let regexes: Vec<Option<&str>> = targets.iter().map(|t| t.regex.as_deref()).collect();
-    let mut ids = HashMap::new();
-    let mut fresh = Vec::new();
-    for row in tx.query(UPSERT_TARGETS, &[&names, &urls, &methods, &regexes])? {
-        let (id, name): (i32, String) = (row.get(0), row.get(1));
-        let target = targets
-            .iter()
-            .find(|t| t.name == name)
-            .expect("returned names were sent");
-        ids.insert(name.clone(), id);
-        fresh.push((name, (id, (*target).clone())));
-    }
+    let fresh = upsert_targets(&mut tx, &mut targets)?;
+    let ids: HashMap<String, i32> = fresh
+        .iter()
+        .map(|(name, (id, _))| (name.clone(), *id))
+        .collect();
     let mut dead = batch.dead.clone();
     let mut stored = 0;
-    for (row, source) in batch.rows.iter().zip(&batch.sources) {
+    for (row, (source, check)) in batch.rows.iter().zip(&batch.sources) {
         let mut savepoint = tx.savepoint("row")?;
         match insert_checks(&mut savepoint, &[row], &ids) {
             Ok(_) => {
@@ -543,6 +556,7 @@ fn write_rows_one_by_one(
                 savepoint.rollback()?;
                 dead.push(DeadLetter {
                     error: format!("refused by the database: {}", describe(&e)),
+                    payload: serde_json::to_vec(check).unwrap_or_default(),
                     ..source.clone()
                 });
             }
@@ -550,14 +564,14 @@ fn write_rows_one_by_one(
     }
     insert_dead_letters(&mut tx, &dead)?;
     tx.commit()?;
-    cache.targets.extend(fresh);
+    cache.lock().expect("not poisoned").targets.extend(fresh);
     Ok((stored, dead.len()))
 }
 
 /// Creates the partitions from yesterday to `ahead` days on, and drops expired ones.
 fn maintain(
     pool: &PgPool,
-    cache: &mut Cache,
+    cache: &Mutex<Cache>,
     ahead: u32,
     retention: Option<Duration>,
 ) -> Result<i32, WriteError> {
@@ -565,7 +579,7 @@ fn maintain(
     let today = day_of(SystemTime::now());
     let days: Vec<i64> = (today - 1..=today + i64::from(ahead)).collect();
     ensure_partitions(&mut client, days.iter().copied())?;
-    cache.days.extend(days);
+    cache.lock().expect("not poisoned").days.extend(days);
     let Some(retention) = retention else {
         return Ok(0);
     };
@@ -574,8 +588,19 @@ fn maintain(
         "SELECT pipe_drop_check_partitions_before(($1::timestamptz AT TIME ZONE 'UTC')::date)",
         &[&date_of_day(cutoff)],
     )?;
-    cache.days.retain(|d| *d >= cutoff);
+    cache
+        .lock()
+        .expect("not poisoned")
+        .days
+        .retain(|d| *d >= cutoff);
     Ok(row.get(0))
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How often partitions are created ahead and expired ones dropped.
@@ -588,8 +613,8 @@ impl PostgresSink {
         &self,
         what: &str,
         cx: &SinkContext,
-        cache: &Arc<std::sync::Mutex<Cache>>,
-        step: impl Fn(&PgPool, &mut Cache) -> Result<T, WriteError> + Send + Sync + Clone + 'static,
+        cache: &Arc<Mutex<Cache>>,
+        step: impl Fn(&PgPool, &Mutex<Cache>) -> Result<T, WriteError> + Send + Sync + Clone + 'static,
     ) -> Result<T, String> {
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 1_u32;
@@ -597,12 +622,9 @@ impl PostgresSink {
             let pool = PgPool::clone(&self.pool);
             let cache = Arc::clone(cache);
             let step = step.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                let mut cache = cache.lock().expect("not poisoned");
-                step(&pool, &mut cache)
-            })
-            .await
-            .map_err(|e| format!("{what}: the database task failed: {e}"))?;
+            let result = tokio::task::spawn_blocking(move || step(&pool, &cache))
+                .await
+                .map_err(|e| format!("{what}: the database task failed: {e}"))?;
             match result {
                 Ok(value) => {
                     if attempt > 1 {
@@ -622,8 +644,14 @@ impl PostgresSink {
         }
     }
 
-    /// Turns events into a batch; events that are not checks become dead letters.
-    fn prepare(&self, events: &[Event], cutoff_day: Option<i64>) -> (Batch, usize) {
+    /// Turns events into a batch (keeping their acknowledgement handles); events that are not
+    /// checks become dead letters.
+    fn prepare(
+        &self,
+        events: Vec<Event>,
+        cutoff_day: Option<i64>,
+        acks: &mut Vec<AckHandle>,
+    ) -> (Batch, usize) {
         let mut batch = Batch {
             rows: Vec::with_capacity(events.len()),
             targets: Vec::with_capacity(events.len()),
@@ -633,25 +661,32 @@ impl PostgresSink {
         };
         let mut expired = 0;
         for event in events {
-            let origin = event.origin();
+            let origin = event.origin().cloned();
             let letter = |error: String, payload: Vec<u8>| DeadLetter {
-                topic: origin.map(|o| o.topic.to_string()),
-                partition: origin.map(|o| o.partition),
-                offset: origin.map(|o| o.offset),
+                topic: origin.as_ref().map(|o| o.topic.to_string()),
+                partition: origin.as_ref().map(|o| o.partition),
+                offset: origin.as_ref().map(|o| o.offset),
                 error,
                 payload,
             };
             if let Some(error) = event.dead_letter_error() {
                 let payload = event.raw().map(|b| b.to_vec()).unwrap_or_default();
                 batch.dead.push(letter(error.to_owned(), payload));
+                acks.extend(event.into_parts().1);
                 continue;
             }
-            let payload = || serde_json::to_vec(event.fields()).unwrap_or_default();
-            let converted =
-                serde_json::from_value::<CheckResult>(Value::Object(event.fields().clone()))
-                    .map_err(|e| format!("not a check result: {e}"))
-                    .and_then(Row::from_check);
-            match converted {
+            let (fields, ack) = event.into_parts();
+            acks.extend(ack);
+            let check = match serde_json::from_value::<CheckResult>(Value::Object(fields)) {
+                Ok(check) => check,
+                Err(e) => {
+                    batch
+                        .dead
+                        .push(letter(format!("not a check result: {e}"), Vec::new()));
+                    continue;
+                }
+            };
+            match Row::from_check(&check) {
                 Ok((row, target)) => {
                     let day = day_of(row.checked_at);
                     if cutoff_day.is_some_and(|cutoff| day < cutoff) {
@@ -659,11 +694,17 @@ impl PostgresSink {
                         continue;
                     }
                     batch.days.insert(day);
-                    batch.sources.push(letter(String::new(), payload()));
+                    // Serialized again only if the database refuses the row.
+                    batch
+                        .sources
+                        .push((letter(String::new(), Vec::new()), check));
                     batch.rows.push(row);
                     batch.targets.push(target);
                 }
-                Err(error) => batch.dead.push(letter(error, payload())),
+                Err(error) => {
+                    let payload = serde_json::to_vec(&check).unwrap_or_default();
+                    batch.dead.push(letter(error, payload));
+                }
             }
         }
         (batch, expired)
@@ -673,7 +714,7 @@ impl PostgresSink {
 #[async_trait]
 impl Sink for PostgresSink {
     async fn run(self: Box<Self>, mut input: Input, cx: SinkContext) -> Result<(), BoxError> {
-        let cache = Arc::new(std::sync::Mutex::new(Cache::default()));
+        let cache = Arc::new(Mutex::new(Cache::default()));
         if self.config.migrate {
             let applied = self
                 .with_retries("migrate", &cx, &cache, |pool, _| {
@@ -685,7 +726,7 @@ impl Sink for PostgresSink {
         }
         let (ahead, retention) = (self.config.partitions_ahead, self.config.retention);
         let maintenance =
-            move |pool: &PgPool, cache: &mut Cache| maintain(pool, cache, ahead, retention);
+            move |pool: &PgPool, cache: &Mutex<Cache>| maintain(pool, cache, ahead, retention);
         let dropped = self
             .with_retries("partition maintenance", &cx, &cache, maintenance)
             .await?;
@@ -695,57 +736,74 @@ impl Sink for PostgresSink {
         let mut next_maintenance = tokio::time::Instant::now() + MAINTENANCE_EVERY;
         let (mut stored, mut dead_lettered) = (0_u64, 0_u64);
         let mut events = Vec::with_capacity(self.config.batch_size);
+        let mut batch_started: Option<tokio::time::Instant> = None;
+        let mut input_open = true;
+        // Batches being written. While one waits for its commit (the WAL flush), the next is
+        // collected and sent: commits overlap instead of queueing.
+        let mut in_flight = FuturesUnordered::new();
 
-        loop {
-            // Wait for a first event (or maintenance time), then fill the batch for at most
-            // batch_timeout.
-            tokio::select! {
-                received = input.recv_many(&mut events, self.config.batch_size) => {
-                    if received == 0 {
-                        break;
+        while input_open || !in_flight.is_empty() {
+            let room = in_flight.len() < self.config.parallel_batches;
+            let full = events.len() >= self.config.batch_size;
+            let wanted = self.config.batch_size.saturating_sub(events.len()).max(1);
+            let deadline = batch_started.map(|t| t + self.config.batch_timeout);
+            let cut = tokio::select! {
+                Some(written) = in_flight.next(), if !in_flight.is_empty() => {
+                    let (written, acks): ((usize, usize), Vec<AckHandle>) = written?;
+                    stored += written.0 as u64;
+                    dead_lettered += written.1 as u64;
+                    if written.1 > 0 {
+                        warn!(cx.logger, "rows stored as dead letters"; "count" => written.1);
                     }
+                    // Committed: now, and only now, the events are done.
+                    for ack in acks {
+                        ack.finish(AckStatus::Delivered);
+                    }
+                    false
                 }
-                () = tokio::time::sleep_until(next_maintenance) => {
+                received = input.recv_many(&mut events, wanted), if input_open && !full => {
+                    if received == 0 {
+                        input_open = false;
+                    } else if batch_started.is_none() {
+                        batch_started = Some(tokio::time::Instant::now());
+                    }
+                    events.len() >= self.config.batch_size || !input_open
+                }
+                // Only with room to send the batch: a passed deadline would otherwise fire again
+                // and again while every slot is busy.
+                () = sleep_until_opt(deadline), if deadline.is_some() && room => true,
+                () = tokio::time::sleep_until(next_maintenance), if in_flight.is_empty() => {
                     let dropped = self.with_retries("partition maintenance", &cx, &cache, maintenance).await?;
                     if dropped > 0 {
                         info!(cx.logger, "expired partitions dropped"; "count" => dropped);
                     }
                     next_maintenance = tokio::time::Instant::now() + MAINTENANCE_EVERY;
-                    continue;
+                    false
                 }
+            };
+            // Once the input is closed, what is left goes out as it is.
+            let cut = cut || full || !input_open;
+            if !cut || events.is_empty() || !room {
+                continue;
             }
-            let deadline = tokio::time::Instant::now() + self.config.batch_timeout;
-            while events.len() < self.config.batch_size {
-                let room = self.config.batch_size - events.len();
-                match tokio::time::timeout_at(deadline, input.recv_many(&mut events, room)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-
+            batch_started = None;
             let cutoff_day =
                 retention.map(|r| day_of(SystemTime::now()) - (r.as_secs() / 86_400) as i64);
-            let (batch, expired) = self.prepare(&events, cutoff_day);
+            let mut acks = Vec::with_capacity(events.len());
+            let (batch, expired) = self.prepare(std::mem::take(&mut events), cutoff_day, &mut acks);
             if expired > 0 {
                 debug!(cx.logger, "checks older than the retention skipped"; "count" => expired);
             }
             let batch = Arc::new(batch);
-            let written = {
-                let batch = Arc::clone(&batch);
-                self.with_retries("write batch", &cx, &cache, move |pool, cache| {
-                    write_batch(pool, cache, &batch)
-                })
-                .await?
-            };
-            stored += written.0 as u64;
-            dead_lettered += written.1 as u64;
-            if written.1 > 0 {
-                warn!(cx.logger, "rows stored as dead letters"; "count" => written.1);
-            }
-            // Committed: now, and only now, the events are done.
-            for event in events.drain(..) {
-                event.finish(AckStatus::Delivered);
-            }
+            let (this, cx, cache) = (&self, &cx, &cache);
+            in_flight.push(async move {
+                let written = this
+                    .with_retries("write batch", cx, cache, move |pool, cache| {
+                        write_batch(pool, cache, &batch)
+                    })
+                    .await?;
+                Ok::<_, String>((written, acks))
+            });
         }
         info!(cx.logger, "postgres sink finished"; "stored" => stored, "dead_letters" => dead_lettered);
         Ok(())
