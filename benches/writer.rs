@@ -370,6 +370,13 @@ fn backlog_mode(messages: usize) {
         let rss = rss_kib(writer.id()).unwrap_or(0);
         peak = peak.max(rss);
         let stored = count(&url);
+        if samples.len() % 10 == 0 {
+            println!(
+                "t={}s stored={stored} rss_mib={:.1}",
+                started.elapsed().as_secs(),
+                rss as f64 / 1024.0
+            );
+        }
         samples.push((started.elapsed().as_secs(), stored, rss));
         if stored >= messages as i64 || started.elapsed() > Duration::from_secs(900) {
             break;
@@ -381,11 +388,6 @@ fn backlog_mode(messages: usize) {
         .status();
     let _ = writer.wait();
     let stored = count(&url);
-    for (i, (t, rows, rss)) in samples.iter().enumerate() {
-        if i % 10 == 0 {
-            println!("t={t}s stored={rows} rss_mib={:.1}", *rss as f64 / 1024.0);
-        }
-    }
     println!(
         "messages={messages} stored={stored} in {:.1}s = {:.0} rows/s end to end",
         elapsed.as_secs_f64(),

@@ -26,7 +26,7 @@ fn validate_reports_five_located_mistakes_and_exits_1() {
         errors,
         [
             "tests/fixtures/five_mistakes.yaml:6:5: error: source `gen` (type generate): unknown field `intervall`, expected one of `interval`, `count`, `fields`",
-            "tests/fixtures/five_mistakes.yaml:8:5: error: source `ticks` (type generator): unknown source type `generator`; known source types: generate, http_probe",
+            "tests/fixtures/five_mistakes.yaml:8:5: error: source `ticks` (type generator): unknown source type `generator`; known source types: generate, http_probe, kafka",
             "tests/fixtures/five_mistakes.yaml:11:5: error: transform `loud` (type uppercase): unknown transform type `uppercase`; known transform types: latency, regex_match",
             "tests/fixtures/five_mistakes.yaml:16:19: error: sink `out` (type console): unknown input `tick`; stages with output: `gen`, `loud`, `ticks`",
             "tests/fixtures/five_mistakes.yaml:17:3: error: sink `log` (type console): missing required field `inputs`: a sink reads from at least one stage",

@@ -62,8 +62,8 @@ async fn paused_partitions_resume_mid_batch_without_loss_or_repeats() {
     let channel = unique_name("mock");
     let group = unique_name("group");
     let mut seen = pipeline::capture(&channel);
-    // The sink reads nothing for 3 s: the channels (128) and the source's buffer (256) fill, so
-    // the source pauses its partitions, then resumes them in the middle of batches.
+    // The sink reads nothing for 8 s after its first event: the pipeline fills, and after 5 s of
+    // refusal the source pauses its partitions, then resumes them in the middle of batches.
     let yaml = format!(
         "\
 sources:
@@ -77,7 +77,7 @@ sinks:
     type: capture
     inputs: [checks]
     channel: {channel}
-    hold: 3s
+    hold: 8s
 "
     );
     let running = pipeline::start(&yaml, RunOptions::default());

@@ -439,12 +439,15 @@ fn ensure_partitions(
     Ok(())
 }
 
+/// A target's name, with its id and the settings last written.
+type KnownTarget = (String, (i32, TargetRow));
+
 /// Upserts `targets` (new or changed ones) and returns their ids. Sorted by name, so that
 /// concurrent batches lock target rows in one order and cannot deadlock each other.
 fn upsert_targets(
     client: &mut impl postgres::GenericClient,
     targets: &mut [TargetRow],
-) -> Result<Vec<(String, (i32, TargetRow))>, postgres::Error> {
+) -> Result<Vec<KnownTarget>, postgres::Error> {
     if targets.is_empty() {
         return Ok(Vec::new());
     }

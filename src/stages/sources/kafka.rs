@@ -83,8 +83,12 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("queued.max.messages.kbytes", "16384"),
 ];
 
-/// Decoded messages held while the pipeline is full; past this the partitions are paused.
-const PAUSE_AT: usize = 256;
+/// How long the pipeline may refuse messages before the partitions are paused. Until then the
+/// source simply stops taking messages, and librdkafka's bounded prefetch stops fetching. Pausing
+/// drops librdkafka's prefetched messages, so it is kept for real stalls (a database outage),
+/// where it lets the source keep polling, and so stay in the group, without reading more. Far
+/// below the default `max.poll.interval.ms` (5 minutes).
+const PAUSE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl StageConfig for KafkaSourceConfig {
     const TYPE: &'static str = "kafka";
@@ -285,6 +289,13 @@ pub fn decode_payload(
     }
 }
 
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[async_trait]
 impl Source for KafkaSource {
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), BoxError> {
@@ -299,6 +310,8 @@ impl Source for KafkaSource {
         let (mut tracker, mut acks) = ack::channel::<Partition>();
         let mut pending: VecDeque<Event> = VecDeque::new();
         let mut paused = false;
+        // When the pipeline started refusing the message at the front of `pending`.
+        let mut blocked_since: Option<tokio::time::Instant> = None;
 
         let result: Result<(), BoxError> = loop {
             // Rebalances happened inside the last poll: forget revoked partitions' positions and
@@ -346,13 +359,21 @@ impl Source for KafkaSource {
                 permit = out.reserve(), if !pending.is_empty() => {
                     let Ok(permit) = permit else { break Err(crate::stage::DownstreamClosed.into()) };
                     permit.send(pending.pop_front().expect("not empty"));
-                    if paused && pending.is_empty() {
-                        self.set_paused(false, &logger);
-                        paused = false;
+                    if pending.is_empty() {
+                        blocked_since = None;
+                        if paused {
+                            self.set_paused(false, &logger);
+                            paused = false;
+                        }
                     }
                 }
-                // Polled even while paused: that is what keeps us in the group.
-                message = self.consumer.recv() => match message {
+                () = sleep_until(blocked_since.map(|t| t + PAUSE_AFTER)), if blocked_since.is_some() && !paused => {
+                    self.set_paused(true, &logger);
+                    paused = true;
+                }
+                // Taken only when the pipeline has room, or while paused: polling then returns
+                // no messages but serves the group, which is what keeps us in it.
+                message = self.consumer.recv(), if pending.is_empty() || paused => match message {
                     Ok(message) => {
                         let event = self.decode(&message);
                         if let Some(error) = event.dead_letter_error() {
@@ -361,10 +382,7 @@ impl Source for KafkaSource {
                         }
                         let stream = (Arc::from(message.topic()), message.partition());
                         pending.push_back(event.with_ack(tracker.track(stream, message.offset())));
-                        if !paused && pending.len() >= PAUSE_AT {
-                            self.set_paused(true, &logger);
-                            paused = true;
-                        }
+                        blocked_since.get_or_insert_with(tokio::time::Instant::now);
                     }
                     Err(e) => warn!(logger, "consumer error"; "error" => %kafka::redact(&e.to_string(), &Options::new())),
                 },
