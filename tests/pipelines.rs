@@ -108,3 +108,62 @@ fn aiven_checker_yaml_validates_with_real_certificate_files() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("environment variable `KAFKA_BROKERS` is not set"));
 }
+
+#[test]
+fn writer_yaml_and_aiven_writer_yaml_validate() {
+    let out = pipe()
+        .args(["validate", "pipelines/writer.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = support::tls::key();
+    let ca = support::tls::certificate("Test CA", &key, None, true);
+    let client = support::tls::certificate("client", &key, Some((&ca, &key)), false);
+    let write = |name: &str, pem: Vec<u8>| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let ca_file = write("ca.pem", ca.to_pem().unwrap());
+    let cert_file = write("service.cert", client.to_pem().unwrap());
+    let key_file = write("service.key", key.private_key_to_pem_pkcs8().unwrap());
+    let url = format!("postgres://avnadmin:n0tAr3alPassw0rd@pg.example.invalid:12346/defaultdb?sslmode=require&sslrootcert={ca_file}");
+    let out = pipe()
+        .args(["validate", "pipelines/aiven/writer.yaml"])
+        .env("KAFKA_BROKERS", "kafka.example.invalid:12345")
+        .env("KAFKA_CA_FILE", &ca_file)
+        .env("KAFKA_CERT_FILE", &cert_file)
+        .env("KAFKA_KEY_FILE", &key_file)
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A CA file that is not there: located, and the password is not in the message.
+    let out = pipe()
+        .args(["validate", "pipelines/aiven/writer.yaml"])
+        .env("KAFKA_BROKERS", "kafka.example.invalid:12345")
+        .env("KAFKA_CA_FILE", &ca_file)
+        .env("KAFKA_CERT_FILE", &cert_file)
+        .env("KAFKA_KEY_FILE", &key_file)
+        .env("DATABASE_URL", url.replace("ca.pem", "missing.pem"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("pipelines/aiven/writer.yaml:24:5: error: sink `db` (type postgres): database URL postgres://avnadmin:***@pg.example.invalid"), "{stderr}");
+    assert!(stderr.contains("cannot load sslrootcert"), "{stderr}");
+    assert!(!stderr.contains("n0tAr3alPassw0rd"), "{stderr}");
+}
