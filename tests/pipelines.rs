@@ -12,6 +12,28 @@ fn pipe() -> Command {
     command
 }
 
+/// A CA, a client certificate it signed and the client's key, as files the way Aiven gives them:
+/// (ca.pem, service.cert, service.key).
+fn aiven_files(dir: &std::path::Path) -> (String, String, String) {
+    let ca_key = support::tls::key();
+    let ca = support::tls::certificate("Test CA", &ca_key, None, true);
+    let client_key = support::tls::key();
+    let client = support::tls::certificate("client", &client_key, Some((&ca, &ca_key)), false);
+    let write = |name: &str, pem: Vec<u8>| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    (
+        write("ca.pem", ca.to_pem().unwrap()),
+        write("service.cert", client.to_pem().unwrap()),
+        write(
+            "service.key",
+            client_key.private_key_to_pem_pkcs8().unwrap(),
+        ),
+    )
+}
+
 #[tokio::test]
 async fn checker_yaml_publishes_schema_v1_messages() {
     // A broker of its own, so the shared `website-checks` topic stays untouched.
@@ -51,23 +73,7 @@ async fn checker_yaml_publishes_schema_v1_messages() {
 #[test]
 fn aiven_checker_yaml_validates_with_real_certificate_files() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, ca_key) = {
-        let key = support::tls::key();
-        (support::tls::certificate("Test CA", &key, None, true), key)
-    };
-    let client_key = support::tls::key();
-    let client = support::tls::certificate("client", &client_key, Some((&ca, &ca_key)), false);
-    let write = |name: &str, pem: Vec<u8>| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, pem).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let ca_file = write("ca.pem", ca.to_pem().unwrap());
-    let cert_file = write("service.cert", client.to_pem().unwrap());
-    let key_file = write(
-        "service.key",
-        client_key.private_key_to_pem_pkcs8().unwrap(),
-    );
+    let (ca_file, cert_file, key_file) = aiven_files(dir.path());
 
     let out = pipe()
         .args(["validate", "pipelines/aiven/checker.yaml"])
@@ -123,17 +129,7 @@ fn writer_yaml_and_aiven_writer_yaml_validate() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let key = support::tls::key();
-    let ca = support::tls::certificate("Test CA", &key, None, true);
-    let client = support::tls::certificate("client", &key, Some((&ca, &key)), false);
-    let write = |name: &str, pem: Vec<u8>| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, pem).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let ca_file = write("ca.pem", ca.to_pem().unwrap());
-    let cert_file = write("service.cert", client.to_pem().unwrap());
-    let key_file = write("service.key", key.private_key_to_pem_pkcs8().unwrap());
+    let (ca_file, cert_file, key_file) = aiven_files(dir.path());
     let url = format!("postgres://avnadmin:n0tAr3alPassw0rd@pg.example.invalid:12346/defaultdb?sslmode=require&sslrootcert={ca_file}");
     let out = pipe()
         .args(["validate", "pipelines/aiven/writer.yaml"])

@@ -185,34 +185,28 @@ pub async fn consume_all(
         .create()
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
+    let unpack = |message: rdkafka::message::BorrowedMessage<'_>| {
+        (
+            message.partition(),
+            message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            message.payload().unwrap_or_default().to_vec(),
+        )
+    };
     let mut messages = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while messages.len() < expected {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Err(_) => break,
-            Ok(message) => {
-                let message = message.expect("consume");
-                messages.push((
-                    message.partition(),
-                    message
-                        .key()
-                        .map(|k| String::from_utf8_lossy(k).into_owned()),
-                    message.payload().unwrap_or_default().to_vec(),
-                ));
-            }
+            Ok(message) => messages.push(unpack(message.expect("consume"))),
         }
     }
     // Anything beyond what was expected would be a duplicate: give it a moment to show up.
     while let Ok(Ok(message)) =
         tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await
     {
-        messages.push((
-            message.partition(),
-            message
-                .key()
-                .map(|k| String::from_utf8_lossy(k).into_owned()),
-            message.payload().unwrap_or_default().to_vec(),
-        ));
+        messages.push(unpack(message));
     }
     messages
 }
