@@ -12,6 +12,26 @@ fn pipe() -> Command {
     command
 }
 
+/// `pipe validate FILE` with the Aiven-style settings in the environment.
+fn validate_with(
+    file: &str,
+    files: &(String, String, String),
+    extra: &[(&str, &str)],
+) -> std::process::Output {
+    let (ca, cert, key) = files;
+    let mut command = pipe();
+    command
+        .args(["validate", file])
+        .env("KAFKA_BROKERS", "kafka.example.invalid:12345")
+        .env("KAFKA_CA_FILE", ca)
+        .env("KAFKA_CERT_FILE", cert)
+        .env("KAFKA_KEY_FILE", key);
+    for (name, value) in extra {
+        command.env(name, value);
+    }
+    command.output().unwrap()
+}
+
 /// A CA, a client certificate it signed and the client's key, as files the way Aiven gives them:
 /// (ca.pem, service.cert, service.key).
 fn aiven_files(dir: &std::path::Path) -> (String, String, String) {
@@ -73,16 +93,9 @@ async fn checker_yaml_publishes_schema_v1_messages() {
 #[test]
 fn aiven_checker_yaml_validates_with_real_certificate_files() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca_file, cert_file, key_file) = aiven_files(dir.path());
+    let files = aiven_files(dir.path());
 
-    let out = pipe()
-        .args(["validate", "pipelines/aiven/checker.yaml"])
-        .env("KAFKA_BROKERS", "kafka.example.invalid:12345")
-        .env("KAFKA_CA_FILE", &ca_file)
-        .env("KAFKA_CERT_FILE", &cert_file)
-        .env("KAFKA_KEY_FILE", &key_file)
-        .output()
-        .unwrap();
+    let out = validate_with("pipelines/aiven/checker.yaml", &files, &[]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -91,14 +104,15 @@ fn aiven_checker_yaml_validates_with_real_certificate_files() {
     );
 
     // A missing key file is caught by validation, located at the sink's options.
-    let out = pipe()
-        .args(["validate", "pipelines/aiven/checker.yaml"])
-        .env("KAFKA_BROKERS", "kafka.example.invalid:12345")
-        .env("KAFKA_CA_FILE", &ca_file)
-        .env("KAFKA_CERT_FILE", &cert_file)
-        .env("KAFKA_KEY_FILE", "/nonexistent/service.key")
-        .output()
-        .unwrap();
+    let out = validate_with(
+        "pipelines/aiven/checker.yaml",
+        &(
+            files.0.clone(),
+            files.1.clone(),
+            "/nonexistent/service.key".to_owned(),
+        ),
+        &[],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -129,17 +143,14 @@ fn writer_yaml_and_aiven_writer_yaml_validate() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let (ca_file, cert_file, key_file) = aiven_files(dir.path());
+    let files = aiven_files(dir.path());
+    let ca_file = &files.0;
     let url = format!("postgres://avnadmin:n0tAr3alPassw0rd@pg.example.invalid:12346/defaultdb?sslmode=require&sslrootcert={ca_file}");
-    let out = pipe()
-        .args(["validate", "pipelines/aiven/writer.yaml"])
-        .env("KAFKA_BROKERS", "kafka.example.invalid:12345")
-        .env("KAFKA_CA_FILE", &ca_file)
-        .env("KAFKA_CERT_FILE", &cert_file)
-        .env("KAFKA_KEY_FILE", &key_file)
-        .env("DATABASE_URL", &url)
-        .output()
-        .unwrap();
+    let out = validate_with(
+        "pipelines/aiven/writer.yaml",
+        &files,
+        &[("DATABASE_URL", url.as_str())],
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -148,15 +159,11 @@ fn writer_yaml_and_aiven_writer_yaml_validate() {
     );
 
     // A CA file that is not there: located, and the password is not in the message.
-    let out = pipe()
-        .args(["validate", "pipelines/aiven/writer.yaml"])
-        .env("KAFKA_BROKERS", "kafka.example.invalid:12345")
-        .env("KAFKA_CA_FILE", &ca_file)
-        .env("KAFKA_CERT_FILE", &cert_file)
-        .env("KAFKA_KEY_FILE", &key_file)
-        .env("DATABASE_URL", url.replace("ca.pem", "missing.pem"))
-        .output()
-        .unwrap();
+    let out = validate_with(
+        "pipelines/aiven/writer.yaml",
+        &files,
+        &[("DATABASE_URL", &url.replace("ca.pem", "missing.pem"))],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("pipelines/aiven/writer.yaml:24:5: error: sink `db` (type postgres): database URL postgres://avnadmin:***@pg.example.invalid"), "{stderr}");
