@@ -11,14 +11,14 @@
 //! `started_at − scheduled_at`.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::future::Future;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use slog::warn;
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinSet;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use slog::{error, warn};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -117,8 +117,25 @@ pub struct Stats {
     pub missed: u64,
 }
 
+/// How often, at most, skipped slots are reported. An overloaded checker can skip thousands of
+/// slots a second; one line per slot would bury everything else in the log.
+const MISSED_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Target names a missed-slot report lists before it just counts.
+const MISSED_REPORT_NAMES: usize = 5;
+
 /// Runs `check` for every slot of every entry until `shutdown`, then waits for the checks in
-/// flight. `names` label the warnings about missed slots.
+/// flight. `names` label the reports of missed slots.
+///
+/// At most `concurrency` checks run at once. A due slot that finds them all taken waits in a
+/// first-come-first-served queue; its check (and its future, with whatever buffers it holds) is
+/// only created when it starts, so an overloaded checker holds a queue of small slots rather
+/// than thousands of parked futures.
+///
+/// The checks are polled by this task rather than spawned. Their I/O completes on other
+/// threads (libcurl's), and every completion wakes the task that awaits it: with one task for
+/// all checks, wake-ups that come while it is already awake or queued cost nothing, where
+/// separate tasks would each wake a runtime thread. Measured in BENCHMARKS.md.
 pub async fn run<F, Fut>(
     entries: &[Entry],
     names: &[String],
@@ -130,63 +147,163 @@ pub async fn run<F, Fut>(
 ) -> Stats
 where
     F: FnMut(Slot) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = ()> + Send,
 {
+    let concurrency = concurrency.max(1);
     let now = clock.now_ms();
     let mut heap: BinaryHeap<Reverse<(u64, usize)>> = entries
         .iter()
         .enumerate()
         .map(|(i, e)| Reverse((next_slot(now, e.interval, e.offset), i)))
         .collect();
-    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut running = vec![false; entries.len()];
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<usize>();
-    let mut tasks = JoinSet::new();
+    // An entry is busy from its slot coming due until its check ends, waiting or running.
+    let mut busy = vec![false; entries.len()];
+    let mut waiting: VecDeque<Slot> = VecDeque::new();
+    let mut running = FuturesUnordered::new();
     let mut stats = Stats::default();
+    let mut missed = MissedReport::new(names, logger);
+
+    // A check that panics is a bug, but it must not stop its target (or the others) forever.
+    let mut start = |slot: Slot| {
+        let work = AssertUnwindSafe(check(slot)).catch_unwind();
+        async move { (slot.entry, work.await.is_err()) }
+    };
+
+    let Some(Reverse((first_ms, _))) = heap.peek().copied() else {
+        return stats;
+    };
+    // One timer, moved as the next slot changes, rather than a new one every turn of the loop.
+    let timer = tokio::time::sleep_until(clock.instant_at(first_ms));
+    tokio::pin!(timer);
 
     while let Some(Reverse((due_ms, _))) = heap.peek().copied() {
+        let due = clock.instant_at(due_ms);
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            Some(entry) = done_rx.recv() => running[entry] = false,
-            () = tokio::time::sleep_until(clock.instant_at(due_ms)) => {
-                while let Some(Reverse((slot_ms, entry))) = heap.peek().copied() {
+            Some(done) = running.next(), if !running.is_empty() => {
+                // Take every check that has finished by now in one turn.
+                let mut done = Some(done);
+                while let Some((entry, panicked)) = done {
+                    if panicked {
+                        error!(logger, "a check panicked; the target stays scheduled";
+                               "target" => names.get(entry).map_or("?", String::as_str));
+                    }
+                    busy[entry] = false;
+                    if let Some(slot) = waiting.pop_front() {
+                        running.push(start(slot));
+                        stats.started += 1;
+                    }
+                    done = running.next().now_or_never().flatten();
+                }
+            }
+            () = &mut timer => {
+                while let Some(mut top) = heap.peek_mut() {
+                    let Reverse((slot_ms, entry)) = *top;
                     if slot_ms > due_ms {
                         break;
                     }
-                    heap.pop();
+                    // Reschedule in place: one sift instead of a pop and a push.
                     let interval_ms = entries[entry].interval.as_millis().max(1) as u64;
-                    heap.push(Reverse((slot_ms + interval_ms, entry)));
-                    if running[entry] {
+                    *top = Reverse((slot_ms + interval_ms, entry));
+                    drop(top);
+                    if busy[entry] {
                         stats.missed += 1;
-                        warn!(logger, "check still running at its next slot; slot skipped";
-                              "target" => names.get(entry).map_or("?", String::as_str));
+                        missed.add(entry);
                         continue;
                     }
-                    running[entry] = true;
-                    stats.started += 1;
-                    let work = check(Slot { entry, scheduled_ms: slot_ms });
-                    let permits = Arc::clone(&permits);
-                    let done = done_tx.clone();
-                    tasks.spawn(async move {
-                        // The semaphore is never closed, so acquiring cannot fail.
-                        let _permit = permits.acquire_owned().await;
-                        work.await;
-                        let _ = done.send(entry);
-                    });
+                    busy[entry] = true;
+                    let slot = Slot { entry, scheduled_ms: slot_ms };
+                    if running.len() < concurrency {
+                        running.push(start(slot));
+                        stats.started += 1;
+                    } else {
+                        waiting.push_back(slot);
+                    }
                 }
+                missed.report_if_due();
             }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
-    while tasks.join_next().await.is_some() {}
+    missed.report();
+    while running.next().await.is_some() {}
     stats
+}
+
+/// Counts missed slots and reports them at most every [`MISSED_REPORT_EVERY`], naming a few
+/// of the targets.
+struct MissedReport<'a> {
+    names: &'a [String],
+    logger: &'a slog::Logger,
+    slots: u64,
+    /// Entries with a miss since the last report, and a flag per entry to count each once.
+    targets: Vec<usize>,
+    listed: Vec<bool>,
+    last: Option<Instant>,
+}
+
+impl<'a> MissedReport<'a> {
+    fn new(names: &'a [String], logger: &'a slog::Logger) -> Self {
+        Self {
+            names,
+            logger,
+            slots: 0,
+            targets: Vec::new(),
+            listed: vec![false; names.len()],
+            last: None,
+        }
+    }
+
+    fn add(&mut self, entry: usize) {
+        self.slots += 1;
+        if let Some(listed) = self.listed.get_mut(entry) {
+            if !*listed {
+                *listed = true;
+                self.targets.push(entry);
+            }
+        }
+    }
+
+    fn report_if_due(&mut self) {
+        if self.slots > 0 && self.last.is_none_or(|t| t.elapsed() >= MISSED_REPORT_EVERY) {
+            self.report();
+        }
+    }
+
+    fn report(&mut self) {
+        if self.slots == 0 {
+            return;
+        }
+        let mut examples: Vec<&str> = self
+            .targets
+            .iter()
+            .take(MISSED_REPORT_NAMES)
+            .map(|&i| self.names[i].as_str())
+            .collect();
+        if self.targets.len() > MISSED_REPORT_NAMES {
+            examples.push("…");
+        }
+        warn!(self.logger, "checks still running at their next slot; slots skipped";
+              "skipped_slots" => self.slots,
+              "targets" => self.targets.len(),
+              "examples" => examples.join(", "));
+        for &entry in &self.targets {
+            self.listed[entry] = false;
+        }
+        self.slots = 0;
+        self.targets.clear();
+        self.last = Some(Instant::now());
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn slots_align_to_the_offset_within_the_interval() {
@@ -354,5 +471,181 @@ mod tests {
         let mut lateness = starts.lock().unwrap().clone();
         lateness.sort_unstable();
         assert_eq!(lateness, [0, 0, 1_000, 1_000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_checks_are_created_only_when_they_start_and_in_order() {
+        let clock = Clock::starting_at(UNIX_EPOCH + Duration::from_secs(1_000_000));
+        let entries = [Entry {
+            interval: Duration::from_secs(60),
+            offset: Duration::ZERO,
+        }; 6];
+        // (entries created and not yet finished, the most seen at once, start order)
+        let state = Arc::new(Mutex::new((0, 0, Vec::new())));
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            stop.cancel();
+        });
+        let record = Arc::clone(&state);
+        let stats = run(
+            &entries,
+            &names(6),
+            clock,
+            2,
+            shutdown,
+            &logger(),
+            move |slot| {
+                {
+                    let mut state = record.lock().unwrap();
+                    state.0 += 1;
+                    state.1 = state.1.max(state.0);
+                    state
+                        .2
+                        .push((slot.entry, clock.now_ms() - slot.scheduled_ms));
+                }
+                let record = Arc::clone(&record);
+                async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    record.lock().unwrap().0 -= 1;
+                }
+            },
+        )
+        .await;
+        let state = state.lock().unwrap();
+        assert_eq!(state.1, 2, "checks created beyond the concurrency limit");
+        // Equal slots come due in entry order and start first come, first served.
+        assert_eq!(
+            state.2,
+            [
+                (0, 0),
+                (1, 0),
+                (2, 1_000),
+                (3, 1_000),
+                (4, 2_000),
+                (5, 2_000)
+            ]
+        );
+        assert_eq!(
+            stats,
+            Stats {
+                started: 6,
+                missed: 0
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_check_leaves_its_target_scheduled() {
+        let clock = Clock::starting_at(UNIX_EPOCH + Duration::from_secs(1_000_000));
+        let entries = [Entry {
+            interval: Duration::from_secs(10),
+            offset: Duration::ZERO,
+        }];
+        let runs = Arc::new(Mutex::new(0));
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(35)).await;
+            stop.cancel();
+        });
+        let record = Arc::clone(&runs);
+        let stats = run(
+            &entries,
+            &names(1),
+            clock,
+            1,
+            shutdown,
+            &logger(),
+            move |_| {
+                let record = Arc::clone(&record);
+                async move {
+                    let run = {
+                        let mut runs = record.lock().unwrap();
+                        *runs += 1;
+                        *runs
+                    };
+                    assert!(run != 1, "the first check fails (a deliberate test panic)");
+                }
+            },
+        )
+        .await;
+        assert_eq!(*runs.lock().unwrap(), 4);
+        assert_eq!(
+            stats,
+            Stats {
+                started: 4,
+                missed: 0
+            }
+        );
+    }
+
+    /// Keeps the key-values of every record logged.
+    struct Capture(Arc<Mutex<Vec<HashMap<String, String>>>>);
+
+    impl slog::Drain for Capture {
+        type Ok = ();
+        type Err = slog::Never;
+
+        fn log(&self, record: &slog::Record, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+            struct Fields(HashMap<String, String>);
+            impl slog::Serializer for Fields {
+                fn emit_arguments(
+                    &mut self,
+                    key: slog::Key,
+                    value: &std::fmt::Arguments,
+                ) -> slog::Result {
+                    self.0.insert(key.to_string(), value.to_string());
+                    Ok(())
+                }
+            }
+            let mut fields = Fields(HashMap::new());
+            fields.0.insert("msg".into(), record.msg().to_string());
+            slog::KV::serialize(&record.kv(), record, &mut fields).unwrap();
+            self.0.lock().unwrap().push(fields.0);
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn missed_slots_are_reported_in_summaries_not_one_line_each() {
+        let clock = Clock::starting_at(UNIX_EPOCH + Duration::from_secs(1_000_000));
+        let entries = [Entry {
+            interval: Duration::from_secs(1),
+            offset: Duration::ZERO,
+        }; 7];
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let logger = slog::Logger::root(slog::Fuse(Capture(Arc::clone(&records))), slog::o!());
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(25_500)).await;
+            stop.cancel();
+        });
+        // Every check outlasts the run, so every later slot is missed.
+        let stats = run(&entries, &names(7), clock, 10, shutdown, &logger, |_| {
+            tokio::time::sleep(Duration::from_secs(100))
+        })
+        .await;
+        let records = records.lock().unwrap();
+        let skipped: Vec<u64> = records
+            .iter()
+            .map(|r| r["skipped_slots"].parse().unwrap())
+            .collect();
+        // Slots at 0 s start; those at 1..=25 s are missed: the first report at once (1 s), then
+        // one at most every 10 s (11 s, 21 s), then the rest at the end.
+        assert_eq!(skipped, [7, 70, 70, 28], "{records:?}");
+        assert_eq!(
+            stats,
+            Stats {
+                started: 7,
+                missed: 7 * 25
+            }
+        );
+        for record in records.iter() {
+            assert_eq!(record["targets"], "7");
+            assert_eq!(record["examples"], "t0, t1, t2, t3, t4, …");
+        }
     }
 }
