@@ -244,6 +244,57 @@ async fn max_body_bytes_and_keep_bodies_are_honoured() {
     assert!(results["fits"].result.up);
 }
 
+/// The `Connection` header each target's request carried, read back from the server's echo.
+async fn connection_headers(extra: &str, targets: &[(&str, &str)]) -> HashMap<String, Value> {
+    let server = http::start().await;
+    let list = targets
+        .iter()
+        .map(|(name, settings)| {
+            format!(
+                "      - {{ name: {name}, url: '{}', regex: '(?im)^connection: (?P<value>[^\\r\\n]*)', {settings} }}",
+                server.url("/headers")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    check_all(&list, extra, targets.len())
+        .await
+        .into_iter()
+        .map(|(name, outcome)| {
+            let value = outcome
+                .fields
+                .get("captures")
+                .and_then(|captures| captures.get("value"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            (name, value)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn fresh_connections_tell_the_server_to_close() {
+    // A client that will not reuse a connection must say so (RFC 9112, 9.6); a header of the
+    // target's own wins.
+    let fresh = connection_headers(
+        "",
+        &[
+            ("default", ""),
+            ("own", "headers: { Connection: keep-alive }"),
+        ],
+    )
+    .await;
+    assert_eq!(fresh["default"], "close");
+    assert_eq!(fresh["own"], "keep-alive");
+
+    let reused = connection_headers("    reuse_connections: true", &[("reused", "")]).await;
+    assert_eq!(
+        reused["reused"],
+        Value::Null,
+        "no Connection header when reusing"
+    );
+}
+
 #[tokio::test]
 async fn an_invalid_regex_is_a_located_validation_error() {
     let yaml = "\

@@ -7,6 +7,7 @@
 //! - `/loop`: redirects to itself forever
 //! - `/slow/MS`: 200 after MS milliseconds
 //! - `/big/BYTES`: 200 with a body of BYTES bytes
+//! - `/headers`: 200 with the request's head (request line and headers) as the body
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -56,7 +57,7 @@ async fn serve(mut stream: TcpStream) {
     }
     let head = String::from_utf8_lossy(&head);
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-    let (status, headers, body): (u16, Vec<String>, Vec<u8>) = route(&path).await;
+    let (status, headers, body): (u16, Vec<String>, Vec<u8>) = route(&path, &head).await;
     let reason = match status {
         200 => "OK",
         302 => "Found",
@@ -80,7 +81,7 @@ async fn serve(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
-async fn route(path: &str) -> (u16, Vec<String>, Vec<u8>) {
+async fn route(path: &str, head: &str) -> (u16, Vec<String>, Vec<u8>) {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
         ["ok"] => (200, vec!["Content-Type: text/html".into()], OK_PAGE.into()),
@@ -95,6 +96,7 @@ async fn route(path: &str) -> (u16, Vec<String>, Vec<u8>) {
             (200, vec![], b"finally".to_vec())
         }
         ["big", bytes] => (200, vec![], vec![b'x'; bytes.parse().unwrap_or(0)]),
+        ["headers"] => (200, vec![], head.as_bytes().to_vec()),
         _ => (404, vec![], b"no such route".to_vec()),
     }
 }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures::AsyncReadExt;
 use isahc::config::{Configurable, RedirectPolicy};
 use isahc::error::ErrorKind as IsahcErrorKind;
-use isahc::http::header::{HeaderName, HeaderValue};
+use isahc::http::header::{HeaderName, HeaderValue, CONNECTION};
 use isahc::http::{Method, Uri, Version};
 use isahc::net::dns::DnsCache;
 use isahc::{AsyncBody, HttpClient, Request, ResponseExt};
@@ -410,6 +410,11 @@ fn resolve_target(
             // The value may be a secret (an API token): name the header only.
             _ => failures.push(("headers", format!("invalid header `{key}` or its value"))),
         }
+    }
+    // A client that will not reuse the connection says so (RFC 9112, section 9.6), so the
+    // server closes it at once rather than keeping it open for a request that never comes.
+    if !stage.reuse_connections && !headers.iter().any(|(name, _)| name == CONNECTION) {
+        headers.push((CONNECTION, HeaderValue::from_static("close")));
     }
     let expected = match &config.expected_status {
         Some(items) => StatusSet::parse(items)
