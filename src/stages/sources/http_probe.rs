@@ -135,7 +135,8 @@ pub struct HttpProbeConfig {
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Reuse connections (and cached DNS answers) between checks. Default `false`: each check
-    /// opens a fresh connection, so its connect and TLS times are real.
+    /// opens a fresh connection, so its connect and TLS times are real, and sends
+    /// `Connection: close` unless the target sets a `Connection` header of its own.
     #[serde(default)]
     pub reuse_connections: bool,
     /// The most body bytes read; a longer body is a `body_too_large` failure. Default 1 MiB.
@@ -596,58 +597,44 @@ async fn probe(
         }
     };
 
+    // libcurl enforces the timeout; our own deadline, a little later, only guards against a
+    // transfer that never ends. One deadline covers the response and its body.
     let deadline = target.timeout + TIMEOUT_SLACK;
+    let mut response = None;
     let mut kept = None;
-    match tokio::time::timeout(deadline, client.send_async(request)).await {
-        Err(_) => result.error = Some(timeout_error(target.timeout)),
-        Ok(Err(e)) => {
-            result.remote_addr = e.remote_addr().map(|a| a.to_string());
-            result.error = Some(classify(&e));
-        }
-        Ok(Ok(mut response)) => {
-            result.status_code = Some(response.status().as_u16());
-            result.http_version = Some(version_name(response.version()).to_owned());
-            result.remote_addr = response.remote_addr().map(|a| a.to_string());
-            let remaining = deadline.saturating_sub(started.elapsed());
-            let limit = max_body_bytes;
-            let read = tokio::time::timeout(remaining, async {
-                let mut buffer = vec![0_u8; 16 * 1024];
-                let mut body = Vec::new();
-                let mut total = 0_u64;
-                loop {
-                    let n = response.body_mut().read(&mut buffer).await?;
-                    if n == 0 {
-                        return Ok::<_, std::io::Error>((total, body, false));
-                    }
-                    total += n as u64;
-                    if total > limit {
-                        return Ok((limit, body, true));
-                    }
-                    if keep_body {
-                        body.extend_from_slice(&buffer[..n]);
-                    }
-                }
-            })
-            .await;
-            match read {
-                Err(_) => result.error = Some(timeout_error(target.timeout)),
-                Ok(Err(e)) => result.error = Some(classify(&isahc::Error::from(e))),
-                Ok(Ok((total, body, too_large))) => {
-                    result.body_bytes = Some(total);
-                    if too_large {
-                        result.error = Some(CheckError {
-                            kind: ErrorKind::BodyTooLarge,
-                            message: format!("the body is larger than max_body_bytes ({limit})"),
-                        });
-                    } else if keep_body {
-                        kept = Some(Bytes::from(body));
-                    }
-                }
+    let exchange = async {
+        let response = match client.send_async(request).await {
+            Ok(r) => response.insert(r),
+            Err(e) => {
+                result.remote_addr = e.remote_addr().map(|a| a.to_string());
+                return Err(classify(&e));
             }
-            if let Some(metrics) = response.metrics() {
-                result.timings_ms = timings(metrics, target);
-            }
+        };
+        result.status_code = Some(response.status().as_u16());
+        result.http_version = Some(version_name(response.version()).to_owned());
+        result.remote_addr = response.remote_addr().map(|a| a.to_string());
+        let (total, body, too_large) = read_body(response.body_mut(), max_body_bytes, keep_body)
+            .await
+            .map_err(|e| classify(&isahc::Error::from(e)))?;
+        result.body_bytes = Some(total);
+        if too_large {
+            return Err(CheckError {
+                kind: ErrorKind::BodyTooLarge,
+                message: format!("the body is larger than max_body_bytes ({max_body_bytes})"),
+            });
         }
+        if keep_body {
+            kept = Some(Bytes::from(body));
+        }
+        Ok(())
+    };
+    result.error = match tokio::time::timeout(deadline, exchange).await {
+        Err(_) => Some(timeout_error(target.timeout)),
+        Ok(outcome) => outcome.err(),
+    };
+    // Phases measured so far are reported even when the check failed part-way.
+    if let Some(metrics) = response.as_ref().and_then(|r| r.metrics()) {
+        result.timings_ms = timings(metrics, target);
     }
     result.response_time_ms = check::millis(started.elapsed());
     result.up = result.error.is_none()
@@ -655,6 +642,31 @@ async fn probe(
             .status_code
             .is_some_and(|code| target.expected.contains(code));
     (result, kept)
+}
+
+/// Reads a body up to `limit` bytes, keeping it only when asked. Returns the bytes read, the
+/// body kept, and whether it was longer than `limit` (then `limit` is reported as read).
+async fn read_body(
+    body: &mut AsyncBody,
+    limit: u64,
+    keep: bool,
+) -> std::io::Result<(u64, Vec<u8>, bool)> {
+    let mut buffer = vec![0_u8; 16 * 1024];
+    let mut kept = Vec::new();
+    let mut total = 0_u64;
+    loop {
+        let n = body.read(&mut buffer).await?;
+        if n == 0 {
+            return Ok((total, kept, false));
+        }
+        total += n as u64;
+        if total > limit {
+            return Ok((limit, kept, true));
+        }
+        if keep {
+            kept.extend_from_slice(&buffer[..n]);
+        }
+    }
 }
 
 fn timeout_error(timeout: Duration) -> CheckError {
