@@ -77,6 +77,16 @@ fn memory_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time this process has used (user and system, all threads), from `/proc/self/stat`.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // USER_HZ is 100 on every Linux target Rust supports.
+    Duration::from_millis(ticks * 10)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -128,7 +138,7 @@ fn main() {
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let rss_before = memory_kib("VmRSS:");
-    let (warmup, measured) = runtime.block_on(async {
+    let (warmup, measured, cpu) = runtime.block_on(async {
         let pipeline = pipe::compiler::load(&dir.path().join("bench.yaml"), &registry, &logger)
             .unwrap_or_else(|d| panic!("{d}"));
         let stop = Arc::new(tokio::sync::Notify::new());
@@ -141,11 +151,13 @@ fn main() {
         ));
         let warmup_end = Instant::now() + Duration::from_secs(3);
         tokio::time::sleep_until(warmup_end.into()).await;
+        let cpu_start = cpu_time();
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         let end = Instant::now();
+        let cpu = cpu_time() - cpu_start;
         stop.notify_one();
         run.await.unwrap().unwrap();
-        (warmup_end, end)
+        (warmup_end, end, cpu)
     });
     let seen = seen().lock().unwrap();
     let window: Vec<&Seen> = seen
@@ -157,6 +169,14 @@ fn main() {
     println!("mode={mode} targets={targets} interval={interval} concurrency={concurrency} seconds={seconds}");
     println!("checks_per_second={:.0}", window.len() as f64 / elapsed);
     println!("ok_checks_per_second={:.0}", ok as f64 / elapsed);
+    // The process's CPU over the same window: what one check costs, whatever the machine.
+    println!("cpu_cores={:.2}", cpu.as_secs_f64() / elapsed);
+    if !window.is_empty() {
+        println!(
+            "cpu_us_per_check={:.0}",
+            cpu.as_secs_f64() * 1e6 / window.len() as f64
+        );
+    }
     let mut lateness: Vec<f64> = window.iter().map(|s| s.2).collect();
     lateness.sort_by(f64::total_cmp);
     if !lateness.is_empty() {
