@@ -8,7 +8,14 @@
 //!     [--interval 1s] [--concurrency 64] [--seconds 10]
 //! cargo bench --bench checker -- schedule --url http://127.0.0.1:18090/ [--targets 10000]
 //!     [--interval 20s] [--seconds 60]
+//! cargo bench --bench checker -- libcurl --url http://127.0.0.1:18090/ [--concurrency 64]
+//!     [--seconds 10]
 //! ```
+//!
+//! `libcurl` is not the checker: it drives libcurl's multi interface directly, on one thread,
+//! with easy handles reused, and does per transfer what a probe needs (fresh connection,
+//! `Connection: close`, timings and status read at the end). It is the floor for any
+//! libcurl-based checker, and says how much of a check's cost is libcurl's and the kernel's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -91,13 +98,93 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Counts the body bytes libcurl delivers, as a probe does, and keeps none.
+struct CountBytes(u64);
+
+impl curl::easy::Handler for CountBytes {
+    fn write(&mut self, data: &[u8]) -> Result<usize, curl::easy::WriteError> {
+        self.0 += data.len() as u64;
+        Ok(data.len())
+    }
+}
+
+fn libcurl_floor(url: &str, concurrency: usize, seconds: u64) {
+    use curl::easy::{Easy2, List};
+    use curl::multi::{Easy2Handle, Multi};
+
+    let transfer = || {
+        let mut easy = Easy2::new(CountBytes(0));
+        easy.url(url).unwrap();
+        easy.forbid_reuse(true).unwrap();
+        easy.dns_cache_timeout(Duration::ZERO).unwrap();
+        easy.timeout(Duration::from_secs(5)).unwrap();
+        easy.follow_location(true).unwrap();
+        easy.max_redirections(10).unwrap();
+        let mut headers = List::new();
+        headers.append("Connection: close").unwrap();
+        easy.http_headers(headers).unwrap();
+        easy
+    };
+    let multi = Multi::new();
+    let mut running: Vec<Option<Easy2Handle<CountBytes>>> = (0..concurrency)
+        .map(|token| {
+            let mut handle = multi.add2(transfer()).unwrap();
+            handle.set_token(token).unwrap();
+            Some(handle)
+        })
+        .collect();
+    let warmup_end = Instant::now() + Duration::from_secs(3);
+    let end = warmup_end + Duration::from_secs(seconds);
+    let (mut ok, mut cpu_start) = (0_u64, None);
+    let mut finished = Vec::new();
+    while Instant::now() < end {
+        if cpu_start.is_none() && Instant::now() >= warmup_end {
+            cpu_start = Some(cpu_time());
+            ok = 0;
+        }
+        multi.perform().unwrap();
+        multi.messages(|message| {
+            if let (Ok(token), Some(result)) = (message.token(), message.result()) {
+                finished.push((token, result.is_ok()));
+            }
+        });
+        for (token, succeeded) in finished.drain(..) {
+            let mut easy = multi.remove2(running[token].take().unwrap()).unwrap();
+            let timings = [
+                easy.namelookup_time(),
+                easy.connect_time(),
+                easy.appconnect_time(),
+                easy.starttransfer_time(),
+                easy.total_time(),
+            ];
+            assert!(timings.iter().all(Result::is_ok));
+            if succeeded && easy.response_code().unwrap() == 200 && easy.get_ref().0 > 0 {
+                ok += 1;
+            }
+            easy.get_mut().0 = 0;
+            let mut handle = multi.add2(easy).unwrap();
+            handle.set_token(token).unwrap();
+            running[token] = Some(handle);
+        }
+        multi.wait(&mut [], Duration::from_millis(100)).unwrap();
+    }
+    let cpu = cpu_time() - cpu_start.expect("ran past the warm-up");
+    println!("mode=libcurl concurrency={concurrency} seconds={seconds}");
+    println!("ok_checks_per_second={:.0}", ok as f64 / seconds as f64);
+    println!("cpu_cores={:.2}", cpu.as_secs_f64() / seconds as f64);
+    println!(
+        "cpu_us_per_check={:.0}",
+        cpu.as_secs_f64() * 1e6 / ok.max(1) as f64
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
     let Some(mode) = args.first().cloned() else {
-        eprintln!("usage: checker throughput|schedule --url URL [--targets N] [--interval D] [--concurrency N] [--seconds N]");
+        eprintln!("usage: checker throughput|schedule|libcurl --url URL [--targets N] [--interval D] [--concurrency N] [--seconds N]");
         std::process::exit(2);
     };
     let mut options: HashMap<String, String> = HashMap::new();
@@ -113,6 +200,12 @@ fn main() {
             .unwrap_or_else(|| default.to_owned())
     };
     let url = get("url", "http://127.0.0.1:18090/");
+    if mode == "libcurl" {
+        let concurrency = get("concurrency", "64").parse().unwrap();
+        let seconds = get("seconds", "10").parse().unwrap();
+        libcurl_floor(&url, concurrency, seconds);
+        return;
+    }
     let (default_interval, default_seconds, default_concurrency) = match mode.as_str() {
         "throughput" => ("1s", "10", "64"),
         "schedule" => ("20s", "60", "100"),
