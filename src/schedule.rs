@@ -352,9 +352,25 @@ mod tests {
         slog::Logger::root(slog::Discard, slog::o!())
     }
 
+    /// A clock at a round time, so slot times in assertions read easily.
+    fn test_clock() -> Clock {
+        Clock::starting_at(UNIX_EPOCH + Duration::from_secs(1_000_000))
+    }
+
+    /// A token cancelled after `after` of (paused) time: how long a test's schedule runs.
+    fn stop_after(after: Duration) -> CancellationToken {
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            stop.cancel();
+        });
+        token
+    }
+
     #[tokio::test(start_paused = true)]
     async fn checks_run_at_their_slots_and_never_overlap() {
-        let clock = Clock::starting_at(UNIX_EPOCH + Duration::from_secs(1_000_000));
+        let clock = test_clock();
         let entries = [
             Entry {
                 interval: Duration::from_secs(10),
@@ -366,12 +382,7 @@ mod tests {
             },
         ];
         let log = Arc::new(Mutex::new(Vec::new()));
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(45)).await;
-            stop.cancel();
-        });
+        let shutdown = stop_after(Duration::from_secs(45));
         let record = Arc::clone(&log);
         let stats = run(
             &entries,
@@ -436,18 +447,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_concurrency_limit_delays_checks_instead_of_dropping_them() {
-        let clock = Clock::starting_at(UNIX_EPOCH + Duration::from_secs(1_000_000));
+        let clock = test_clock();
         let entries = [Entry {
             interval: Duration::from_secs(60),
             offset: Duration::ZERO,
         }; 4];
         let starts = Arc::new(Mutex::new(Vec::new()));
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            stop.cancel();
-        });
+        let shutdown = stop_after(Duration::from_secs(30));
         let record = Arc::clone(&starts);
         run(
             &entries,
@@ -475,19 +481,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn waiting_checks_are_created_only_when_they_start_and_in_order() {
-        let clock = Clock::starting_at(UNIX_EPOCH + Duration::from_secs(1_000_000));
+        let clock = test_clock();
         let entries = [Entry {
             interval: Duration::from_secs(60),
             offset: Duration::ZERO,
         }; 6];
         // (entries created and not yet finished, the most seen at once, start order)
         let state = Arc::new(Mutex::new((0, 0, Vec::new())));
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            stop.cancel();
-        });
+        let shutdown = stop_after(Duration::from_secs(30));
         let record = Arc::clone(&state);
         let stats = run(
             &entries,
@@ -538,18 +539,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_panicking_check_leaves_its_target_scheduled() {
-        let clock = Clock::starting_at(UNIX_EPOCH + Duration::from_secs(1_000_000));
+        let clock = test_clock();
         let entries = [Entry {
             interval: Duration::from_secs(10),
             offset: Duration::ZERO,
         }];
         let runs = Arc::new(Mutex::new(0));
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(35)).await;
-            stop.cancel();
-        });
+        let shutdown = stop_after(Duration::from_secs(35));
         let record = Arc::clone(&runs);
         let stats = run(
             &entries,
@@ -610,19 +606,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn missed_slots_are_reported_in_summaries_not_one_line_each() {
-        let clock = Clock::starting_at(UNIX_EPOCH + Duration::from_secs(1_000_000));
+        let clock = test_clock();
         let entries = [Entry {
             interval: Duration::from_secs(1),
             offset: Duration::ZERO,
         }; 7];
         let records = Arc::new(Mutex::new(Vec::new()));
         let logger = slog::Logger::root(slog::Fuse(Capture(Arc::clone(&records))), slog::o!());
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(25_500)).await;
-            stop.cancel();
-        });
+        let shutdown = stop_after(Duration::from_millis(25_500));
         // Every check outlasts the run, so every later slot is missed.
         let stats = run(&entries, &names(7), clock, 10, shutdown, &logger, |_| {
             tokio::time::sleep(Duration::from_secs(100))
