@@ -200,33 +200,41 @@ where
                     done = running.next().now_or_never().flatten();
                 }
             }
-            () = &mut timer => {
-                while let Some(mut top) = heap.peek_mut() {
-                    let Reverse((slot_ms, entry)) = *top;
-                    if slot_ms > due_ms {
-                        break;
-                    }
-                    // Reschedule in place: one sift instead of a pop and a push.
-                    let interval_ms = entries[entry].interval.as_millis().max(1) as u64;
-                    *top = Reverse((slot_ms + interval_ms, entry));
-                    drop(top);
-                    if busy[entry] {
-                        stats.missed += 1;
-                        missed.add(entry);
-                        continue;
-                    }
-                    busy[entry] = true;
-                    let slot = Slot { entry, scheduled_ms: slot_ms };
-                    if running.len() < concurrency {
-                        running.push(start(slot));
-                        stats.started += 1;
-                    } else {
-                        waiting.push_back(slot);
-                    }
-                }
-                missed.report_if_due();
+            () = &mut timer => {}
+        }
+        // Slots that are due are taken whichever branch ran, so that a steady stream of
+        // finished checks cannot hold them back; checks that finished at the very time of
+        // their next slot were taken first, so that slot is not counted as missed.
+        if Instant::now() < due {
+            continue;
+        }
+        while let Some(mut top) = heap.peek_mut() {
+            let Reverse((slot_ms, entry)) = *top;
+            if slot_ms > due_ms {
+                break;
+            }
+            // Reschedule in place: one sift instead of a pop and a push.
+            let interval_ms = entries[entry].interval.as_millis().max(1) as u64;
+            *top = Reverse((slot_ms + interval_ms, entry));
+            drop(top);
+            if busy[entry] {
+                stats.missed += 1;
+                missed.add(entry);
+                continue;
+            }
+            busy[entry] = true;
+            let slot = Slot {
+                entry,
+                scheduled_ms: slot_ms,
+            };
+            if running.len() < concurrency {
+                running.push(start(slot));
+                stats.started += 1;
+            } else {
+                waiting.push_back(slot);
             }
         }
+        missed.report_if_due();
     }
     missed.report();
     while running.next().await.is_some() {}
@@ -532,6 +540,32 @@ mod tests {
             stats,
             Stats {
                 started: 6,
+                missed: 0
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_that_ends_exactly_at_its_next_slot_does_not_miss_it() {
+        let entries = [Entry {
+            interval: Duration::from_secs(10),
+            offset: Duration::ZERO,
+        }];
+        let stats = run(
+            &entries,
+            &names(1),
+            test_clock(),
+            1,
+            stop_after(Duration::from_secs(35)),
+            &logger(),
+            |_| tokio::time::sleep(Duration::from_secs(10)),
+        )
+        .await;
+        // Slots at 0, 10, 20 and 30 s: each check ends as the next slot comes.
+        assert_eq!(
+            stats,
+            Stats {
+                started: 4,
                 missed: 0
             }
         );
