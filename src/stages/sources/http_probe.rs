@@ -414,6 +414,7 @@ fn resolve_target(
     }
     // A client that will not reuse the connection says so (RFC 9112, section 9.6), so the
     // server closes it at once rather than keeping it open for a request that never comes.
+    // libcurl leaves the header out of HTTP/2 and HTTP/3 requests, where it is not allowed.
     if !stage.reuse_connections && !headers.iter().any(|(name, _)| name == CONNECTION) {
         headers.push((CONNECTION, HeaderValue::from_static("close")));
     }
