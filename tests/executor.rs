@@ -174,6 +174,19 @@ fn sink(collect: Collect) -> BuiltStage {
     BuiltStage::Sink(Box::new(collect))
 }
 
+/// `a → t → out`: the counter, a transform that passes events on, and the collector.
+fn source_pass_sink(counter: Counter, collect: Collect) -> Vec<CompiledStage> {
+    vec![
+        stage("a", &[], source(counter)),
+        stage(
+            "t",
+            &["a"],
+            BuiltStage::Transform(Box::new(Pass::default())),
+        ),
+        stage("out", &["t"], sink(collect)),
+    ]
+}
+
 fn never() -> std::future::Pending<()> {
     std::future::pending()
 }
@@ -221,15 +234,7 @@ async fn backpressure_bounds_the_events_in_flight() {
         ..Collect::default()
     };
     let seen = collect.seen.clone();
-    let stages = vec![
-        stage("a", &[], source(counter)),
-        stage(
-            "t",
-            &["a"],
-            BuiltStage::Transform(Box::new(Pass::default())),
-        ),
-        stage("out", &["t"], sink(collect)),
-    ];
+    let stages = source_pass_sink(counter, collect);
     let run = tokio::spawn(topology::run(
         pipeline(stages),
         options(Duration::from_secs(5), CAPACITY),
@@ -267,15 +272,7 @@ async fn shutdown_stops_sources_and_drains_every_event_in_flight() {
         ..Collect::default()
     };
     let seen = collect.seen.clone();
-    let stages = vec![
-        stage("a", &[], source(counter)),
-        stage(
-            "t",
-            &["a"],
-            BuiltStage::Transform(Box::new(Pass::default())),
-        ),
-        stage("out", &["t"], sink(collect)),
-    ];
+    let stages = source_pass_sink(counter, collect);
     let stop = Arc::new(Notify::new());
     let stop_signal = stop.clone();
     let run = tokio::spawn(async move {

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use pipe::topology::RunOptions;
-use support::writer::{self, scalar, strings, wait_for};
+use support::writer::{self, ids, scalar, stored_ids, strings, wait_for};
 use support::{pipeline, unique_name};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -172,14 +172,7 @@ async fn poison_messages_become_dead_letters_and_later_messages_still_land() {
         ["{\"schema_version\": 1, oops"],
         "the payload is stored byte for byte"
     );
-    let landed: BTreeSet<String> = strings(&db.url, "SELECT check_id::text FROM checks")
-        .await
-        .into_iter()
-        .collect();
-    assert_eq!(
-        landed,
-        BTreeSet::from([good[0].check_id.to_string(), good[2].check_id.to_string()])
-    );
+    assert_eq!(stored_ids(&db.url).await, ids([&good[0], &good[2]]));
 }
 
 #[tokio::test]

@@ -3,13 +3,12 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pipe::database::Database;
 use pipe::topology::RunOptions;
-use support::writer::{self, scalar_or_minus_one, strings, wait_for};
+use support::writer::{self, ids, scalar_or_minus_one, stored_ids, wait_for};
 use support::{pipeline, unique_name};
 
 const TWO_MINUTES: Duration = Duration::from_secs(120);
@@ -70,12 +69,7 @@ async fn a_writer_killed_mid_stream_and_restarted_stores_every_check_once() {
     let status = second.wait().unwrap();
     assert_eq!(stored, N as i64, "killed at {at_kill} rows");
     assert!(status.success(), "the restarted writer stops cleanly");
-    let rows: BTreeSet<String> = strings(&db.url, "SELECT check_id::text FROM checks")
-        .await
-        .into_iter()
-        .collect();
-    let sent: BTreeSet<String> = checks.iter().map(|c| c.check_id.to_string()).collect();
-    assert_eq!(rows, sent);
+    assert_eq!(stored_ids(&db.url).await, ids(&checks));
 }
 
 #[tokio::test]
@@ -127,14 +121,7 @@ async fn postgres_stopped_and_restarted_during_ingestion_loses_and_duplicates_no
         .await
         .expect("recovered by itself, and stops cleanly");
     assert_eq!(stored, N as i64);
-    let rows: BTreeSet<String> = strings(&url, "SELECT check_id::text FROM checks")
-        .await
-        .into_iter()
-        .collect();
-    assert_eq!(
-        rows,
-        checks.iter().map(|c| c.check_id.to_string()).collect()
-    );
+    assert_eq!(stored_ids(&url).await, ids(&checks));
     drop(pg);
 }
 

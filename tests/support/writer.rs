@@ -2,6 +2,7 @@
 //! database (from async tests, through `spawn_blocking`: the sync client must not run on a
 //! runtime thread).
 
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pipe::check::{
@@ -111,6 +112,19 @@ pub async fn scalar(url: &str, sql: &str) -> i64 {
     })
     .await
     .unwrap()
+}
+
+/// The id of every check stored, to compare with [`ids`] of what was produced.
+pub async fn stored_ids(url: &str) -> BTreeSet<String> {
+    strings(url, "SELECT check_id::text FROM checks")
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// The ids of `checks`, as [`stored_ids`] gives them.
+pub fn ids<'a>(checks: impl IntoIterator<Item = &'a CheckResult>) -> BTreeSet<String> {
+    checks.into_iter().map(|c| c.check_id.to_string()).collect()
 }
 
 /// Every string in the first column of `sql`'s rows.
