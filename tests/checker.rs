@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use pipe::check::{CheckResult, ErrorKind, LatencyClass, SCHEMA_VERSION};
+use pipe::stages::sources::http_probe::DEFAULT_USER_AGENT;
 use pipe::topology::RunOptions;
 use serde_json::Value;
 use support::http;
@@ -244,14 +245,19 @@ async fn max_body_bytes_and_keep_bodies_are_honoured() {
     assert!(results["fits"].result.up);
 }
 
-/// The `Connection` header each target's request carried, read back from the server's echo.
-async fn connection_headers(extra: &str, targets: &[(&str, &str)]) -> HashMap<String, Value> {
+/// The value of the request header `header` each target's request carried, read back from the
+/// server's echo.
+async fn echoed_header(
+    header: &str,
+    extra: &str,
+    targets: &[(&str, &str)],
+) -> HashMap<String, Value> {
     let server = http::start().await;
     let list = targets
         .iter()
         .map(|(name, settings)| {
             format!(
-                "      - {{ name: {name}, url: '{}', regex: '(?im)^connection: (?P<value>[^\\r\\n]*)', {settings} }}",
+                "      - {{ name: {name}, url: '{}', regex: '(?im)^{header}: (?P<value>[^\\r\\n]*)', {settings} }}",
                 server.url("/headers")
             )
         })
@@ -276,7 +282,8 @@ async fn connection_headers(extra: &str, targets: &[(&str, &str)]) -> HashMap<St
 async fn fresh_connections_tell_the_server_to_close() {
     // A client that will not reuse a connection must say so (RFC 9112, 9.6); a header of the
     // target's own wins.
-    let fresh = connection_headers(
+    let fresh = echoed_header(
+        "connection",
         "",
         &[
             ("default", ""),
@@ -287,12 +294,40 @@ async fn fresh_connections_tell_the_server_to_close() {
     assert_eq!(fresh["default"], "close");
     assert_eq!(fresh["own"], "keep-alive");
 
-    let reused = connection_headers("    reuse_connections: true", &[("reused", "")]).await;
+    let reused = echoed_header(
+        "connection",
+        "    reuse_connections: true",
+        &[("reused", "")],
+    )
+    .await;
     assert_eq!(
         reused["reused"],
         Value::Null,
         "no Connection header when reusing"
     );
+}
+
+#[tokio::test]
+async fn checks_name_the_monitor_unless_told_otherwise() {
+    let agents = echoed_header(
+        "user-agent",
+        "    headers: { X-Team: ops }",
+        &[
+            ("default", ""),
+            ("own", "headers: { User-Agent: status-page/2 }"),
+        ],
+    )
+    .await;
+    assert_eq!(agents["default"], DEFAULT_USER_AGENT);
+    assert_eq!(agents["own"], "status-page/2");
+
+    let stage_wide = echoed_header(
+        "user-agent",
+        "    headers: { User-Agent: fleet-monitor/1 }",
+        &[("target", "")],
+    )
+    .await;
+    assert_eq!(stage_wide["target"], "fleet-monitor/1");
 }
 
 #[tokio::test]

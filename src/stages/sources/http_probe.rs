@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures::{future, AsyncRead, AsyncReadExt};
 use isahc::config::{Configurable, RedirectPolicy};
 use isahc::error::ErrorKind as IsahcErrorKind;
-use isahc::http::header::{HeaderName, HeaderValue, CONNECTION};
+use isahc::http::header::{HeaderName, HeaderValue, CONNECTION, USER_AGENT};
 use isahc::http::{Method, Uri, Version};
 use isahc::net::dns::DnsCache;
 use isahc::{AsyncBody, HttpClient, Request, ResponseExt};
@@ -45,6 +45,11 @@ use crate::stages::transforms::regex_match::compile_pattern;
 
 /// Redirects followed at most when `follow_redirects` is on.
 pub const MAX_REDIRECTS: u32 = 10;
+
+/// The `User-Agent` sent unless the stage or the target sets one: it names the monitor, so a
+/// site's operators can tell its checks from visitors in their logs (and allow them through),
+/// rather than seeing the HTTP library's name.
+pub const DEFAULT_USER_AGENT: &str = concat!("pipe/", env!("CARGO_PKG_VERSION"), " (http_probe)");
 
 fn default_interval() -> Duration {
     Duration::from_secs(30)
@@ -126,7 +131,8 @@ pub struct HttpProbeConfig {
     /// Default HTTP method. Default `GET`.
     #[serde(default = "default_method")]
     pub method: String,
-    /// Default request headers.
+    /// Default request headers. Without a `User-Agent` among them or a target's, checks send
+    /// `pipe/VERSION (http_probe)`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// Default status codes that count as up. Default `["200-399"]`.
@@ -421,6 +427,9 @@ fn resolve_target(
     // libcurl leaves the header out of HTTP/2 and HTTP/3 requests, where it is not allowed.
     if !stage.reuse_connections && !headers.iter().any(|(name, _)| name == CONNECTION) {
         headers.push((CONNECTION, HeaderValue::from_static("close")));
+    }
+    if !headers.iter().any(|(name, _)| name == USER_AGENT) {
+        headers.push((USER_AGENT, HeaderValue::from_static(DEFAULT_USER_AGENT)));
     }
     let expected = match &config.expected_status {
         Some(items) => StatusSet::parse(items)
