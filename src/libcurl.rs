@@ -313,6 +313,9 @@ fn configure(easy: &mut Easy2<Collector>, request: &Request) -> Result<(), curl:
         easy.fresh_connect(true)?;
         easy.forbid_reuse(true)?;
         easy.dns_cache_timeout(Duration::ZERO)?;
+        // A reused handle would otherwise resume its last TLS session: a shorter handshake
+        // than a visitor's, and a `tls` phase that is not the real one.
+        easy.ssl_sessionid_cache(false)?;
     }
     match (&*request.method, &request.body) {
         ("GET", None) => easy.get(true)?,
