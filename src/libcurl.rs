@@ -129,12 +129,16 @@ struct Job {
     reply: oneshot::Sender<Outcome>,
 }
 
-/// Jobs handed to the agent, and whether it waits in libcurl (so it needs waking).
+/// Jobs handed to the agent, and the state both sides need to see.
 #[derive(Default)]
 struct Queue {
     jobs: Vec<Job>,
+    /// The agent waits in libcurl: the next submitter wakes it.
     parked: bool,
+    /// Every handle has been dropped: the agent ends once its transfers have.
     closed: bool,
+    /// The agent's thread has ended (a bug, if not closed): jobs are refused, not queued.
+    stopped: bool,
 }
 
 /// The handle async code holds; the thread ends once the handle is dropped and its transfers
@@ -162,7 +166,7 @@ impl Agent {
         Ok(Agent { queue, waker })
     }
 
-    /// Runs one transfer. `None` if the agent has stopped (its thread panicked).
+    /// Runs one transfer. `None` if the agent's thread has ended, which only a bug does.
     pub async fn transfer(&self, request: Request) -> Option<Outcome> {
         let (reply, outcome) = oneshot::channel();
         if self.submit(Job { request, reply }) {
@@ -171,9 +175,13 @@ impl Agent {
         outcome.await.ok()
     }
 
-    /// Queues a job; true if the agent waits and must be woken (once, by this caller).
+    /// Queues a job; true if the agent waits and must be woken (once, by this caller). A
+    /// stopped agent drops the job, and with it the reply its caller awaits.
     fn submit(&self, job: Job) -> bool {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if queue.stopped {
+            return false;
+        }
         queue.jobs.push(job);
         std::mem::take(&mut queue.parked)
     }
@@ -194,8 +202,21 @@ struct Running {
     reply: oneshot::Sender<Outcome>,
 }
 
+/// Marks the agent stopped however its thread ends, a panic included, so that no caller waits
+/// for a reply that cannot come: queued jobs are dropped, and later ones refused.
+struct StopGuard<'a>(&'a Mutex<Queue>);
+
+impl Drop for StopGuard<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.stopped = true;
+        queue.jobs.clear();
+    }
+}
+
 /// The agent's loop: take new jobs, let libcurl work, hand back what finished, wait.
 fn run(multi: Multi, queue: &Mutex<Queue>) {
+    let _stop = StopGuard(queue);
     let lock = || queue.lock().unwrap_or_else(PoisonError::into_inner);
     let mut running: Vec<Option<Running>> = Vec::new();
     let mut free_slots: Vec<usize> = Vec::new();
@@ -247,16 +268,20 @@ fn run(multi: Multi, queue: &Mutex<Queue>) {
         }
         {
             let mut queue = lock();
-            if !queue.jobs.is_empty() || queue.closed {
+            if !queue.jobs.is_empty() {
                 continue;
             }
             queue.parked = true;
         }
-        // libcurl shortens the wait to its own next timeout; a submitter's wakeup ends it.
+        // libcurl shortens the wait to its own next timeout; a wakeup ends it, and one sent
+        // before the wait began (by a submitter, or by the last handle's drop) ends it at once.
         let _ = multi.poll(&mut [], Duration::from_secs(1));
         lock().parked = false;
     }
 }
+
+/// libcurl's code for a transfer that could not start; given when the multi handle refuses one.
+const CURLE_FAILED_INIT: u32 = 2;
 
 fn start(
     multi: &Multi,
@@ -266,10 +291,15 @@ fn start(
     idle: &mut Vec<Easy2<Collector>>,
 ) {
     let Job { request, reply } = job;
-    let mut easy = idle
-        .pop()
-        .unwrap_or_else(|| Easy2::new(Collector::default()));
-    easy.reset();
+    let mut easy = match idle.pop() {
+        Some(mut easy) => {
+            // Back to libcurl's defaults, so no option of the previous request carries over;
+            // what the handle keeps (connections, DNS and TLS caches) `configure` governs.
+            easy.reset();
+            easy
+        }
+        None => Easy2::new(Collector::default()),
+    };
     easy.get_mut()
         .start(request.max_body_bytes, request.keep_body);
     if let Err(e) = configure(&mut easy, &request) {
@@ -292,8 +322,7 @@ fn start(
         Err(_) => {
             free_slots.push(token);
             let _ = reply.send(Outcome {
-                // CURLE_FAILED_INIT: the multi handle refused the transfer.
-                result: Err(curl::Error::new(2)),
+                result: Err(curl::Error::new(CURLE_FAILED_INIT)),
                 ..empty_outcome()
             });
         }
