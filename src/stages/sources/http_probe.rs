@@ -136,9 +136,10 @@ pub struct HttpProbeConfig {
     /// Checks in flight at once, across all targets. Default 100.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    /// Reuse connections (and cached DNS answers) between checks. Default `false`: each check
-    /// opens a fresh connection, so its connect and TLS times are real, and sends
-    /// `Connection: close` unless the target sets a `Connection` header of its own.
+    /// Reuse connections (and cached DNS answers and TLS sessions) between checks. Default
+    /// `false`: each check resolves the name, opens a fresh connection and makes a full TLS
+    /// handshake, so its DNS, connect and TLS times are real, and sends `Connection: close`
+    /// unless the target sets a `Connection` header of its own.
     #[serde(default)]
     pub reuse_connections: bool,
     /// The most body bytes read; a longer body is a `body_too_large` failure. Default 1 MiB.
