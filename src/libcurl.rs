@@ -252,8 +252,13 @@ fn run(multi: Multi, queue: &Mutex<Queue>) {
             panic!("libcurl's multi handle failed: {e}");
         }
         multi.messages(|message| {
-            if let (Ok(token), Some(result)) = (message.token(), message.result()) {
-                finished.push((token, result));
+            // Read through the handle, so a failure carries libcurl's own words (its error
+            // buffer: which host, which port, which certificate).
+            let Ok(token) = message.token() else { return };
+            if let Some(Some(transfer)) = running.get(token) {
+                if let Some(result) = message.result_for2(&transfer.handle) {
+                    finished.push((token, result));
+                }
             }
         });
         for (token, result) in finished.drain(..) {

@@ -1,7 +1,8 @@
 //! `http_probe`: checks websites over HTTP(S) on a schedule; every check becomes one event.
 //!
-//! Each check is a real request through libcurl ([`crate::libcurl`]), by default on a fresh connection with
-//! no DNS cache, so the DNS, connect and TLS phases are measured for real. Whatever happens on
+//! Each check is a real request through libcurl ([`crate::libcurl`]), by default on a fresh
+//! connection, with no DNS cache and a full TLS handshake, so the DNS, connect and TLS phases
+//! are measured for real. Whatever happens on
 //! the network (a timeout, a DNS failure, a refused connection, a bad certificate) the check
 //! yields a result in message schema v1 ([`crate::check::CheckResult`]): failures are data, not
 //! log lines. Bodies are read up to `max_body_bytes` and kept (as the event's raw bytes, never
@@ -618,6 +619,7 @@ async fn probe(
         Ok(Some(outcome)) => Some(outcome),
     };
     let mut kept = None;
+    let measured_total = outcome.as_ref().map(|o| o.times.total);
     if let Some(Outcome {
         result: transfer,
         body_too_large,
@@ -634,8 +636,10 @@ async fn probe(
         result.remote_addr = remote_addr;
         if status.is_some() {
             result.body_bytes = Some(body_bytes);
-            result.timings_ms = timings(&times, target);
         }
+        // The phases that happened, a failed check's too: a timeout after connecting still
+        // says how long the name and the connection took.
+        result.timings_ms = timings(&times, target, status.is_some());
         result.error = match transfer {
             Ok(()) => None,
             Err(_) if body_too_large => Some(CheckError {
@@ -648,7 +652,12 @@ async fn probe(
             kept = body.map(Bytes::from);
         }
     }
-    result.response_time_ms = check::millis(started.elapsed());
+    // libcurl's own total when it ran the transfer: the site's time, without the hand-offs
+    // between threads; the probe's clock otherwise.
+    result.response_time_ms = check::millis(match measured_total {
+        Some(total) if !total.is_zero() => total,
+        _ => started.elapsed(),
+    });
     result.up = result.error.is_none()
         && result
             .status_code
@@ -688,16 +697,18 @@ fn classify(error: &curl::Error, timeout: Duration) -> CheckError {
     if kind == ErrorKind::Timeout {
         return timeout_error(timeout);
     }
-    // libcurl's own words (its error buffer) say which host and port, or which certificate.
-    let message = match error.extra_description() {
-        Some(detail) => format!("{}: {detail}", error.description()),
-        None => error.description().to_owned(),
-    };
+    // libcurl's own words (its error buffer) say which host and port, or which certificate;
+    // the code's generic text only when it gave none.
+    let message = error
+        .extra_description()
+        .unwrap_or_else(|| error.description())
+        .to_owned();
     CheckError { kind, message }
 }
 
-/// Turns libcurl's cumulative timers into per-phase durations.
-fn timings(times: &Times, target: &Target) -> Timings {
+/// Turns libcurl's cumulative timers into per-phase durations. The response's phases only when
+/// one came: libcurl sets its first-byte timer on some failures too (a refused connection).
+fn timings(times: &Times, target: &Target, responded: bool) -> Timings {
     let phase = |d: Duration| (!d.is_zero()).then(|| check::millis(d));
     let connected = times.connect.max(times.name_lookup);
     let secured = if times.app_connect.is_zero() {
@@ -713,11 +724,9 @@ fn timings(times: &Times, target: &Target) -> Timings {
         },
         connect: phase(connected.saturating_sub(times.name_lookup)),
         tls: phase(times.app_connect.saturating_sub(connected)),
-        first_byte: (!times.start_transfer.is_zero())
-            .then(|| check::millis(times.start_transfer.saturating_sub(secured))),
-        transfer: Some(check::millis(
-            times.total.saturating_sub(times.start_transfer),
-        )),
+        first_byte: responded.then(|| check::millis(times.start_transfer.saturating_sub(secured))),
+        transfer: responded
+            .then(|| check::millis(times.total.saturating_sub(times.start_transfer))),
     }
 }
 
