@@ -22,6 +22,7 @@ pub mod config;
 pub mod database;
 pub mod event;
 pub mod kafka;
+pub mod libcurl;
 pub mod logging;
 pub mod migrate;
 pub mod registry;

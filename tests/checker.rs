@@ -192,6 +192,12 @@ async fn every_case_becomes_a_typed_result() {
     let slow = get("slow");
     assert_eq!(kind("slow"), Some(ErrorKind::Timeout));
     assert_eq!((slow.up, slow.status_code), (false, None));
+    // The phases that happened before the timeout are reported; the others are null.
+    assert!(slow.timings_ms.connect.is_some(), "{:?}", slow.timings_ms);
+    assert_eq!(
+        (slow.timings_ms.first_byte, slow.timings_ms.transfer),
+        (None, None)
+    );
     assert!(
         (450.0..2_000.0).contains(&slow.response_time_ms),
         "{}",
@@ -210,9 +216,32 @@ async fn every_case_becomes_a_typed_result() {
     for name in ["refused", "nodns", "selfsigned"] {
         let result = get(name);
         assert!(!result.up && result.status_code.is_none(), "{name}");
+        let phases = &result.timings_ms;
+        assert_eq!(
+            (phases.tls, phases.first_byte, phases.transfer),
+            (None, None, None),
+            "{name}"
+        );
         assert!(!result.error.as_ref().unwrap().message.is_empty());
         assert!(result.response_time_ms >= 0.0);
     }
+    // Their messages say where: libcurl's own words, not just its error code's.
+    let message = |name: &str| get(name).error.as_ref().unwrap().message.clone();
+    assert!(
+        message("refused").contains(&format!("127.0.0.1:{closed}")),
+        "{}",
+        message("refused")
+    );
+    assert!(
+        message("nodns").contains("no-such-host.invalid"),
+        "{}",
+        message("nodns")
+    );
+    assert!(
+        message("selfsigned").contains("certificate"),
+        "{}",
+        message("selfsigned")
+    );
 
     // Bodies are read up to max_body_bytes (1 MiB by default), never more.
     for name in ["big", "big-with-regex"] {

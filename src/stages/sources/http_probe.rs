@@ -1,7 +1,8 @@
 //! `http_probe`: checks websites over HTTP(S) on a schedule; every check becomes one event.
 //!
-//! Each check is a real request through libcurl (isahc), by default on a fresh connection with
-//! no DNS cache, so the DNS, connect and TLS phases are measured for real. Whatever happens on
+//! Each check is a real request through libcurl ([`crate::libcurl`]), by default on a fresh
+//! connection, with no DNS cache and a full TLS handshake, so the DNS, connect and TLS phases
+//! are measured for real. Whatever happens on
 //! the network (a timeout, a DNS failure, a refused connection, a bad certificate) the check
 //! yields a result in message schema v1 ([`crate::check::CheckResult`]): failures are data, not
 //! log lines. Bodies are read up to `max_body_bytes` and kept (as the event's raw bytes, never
@@ -10,23 +11,14 @@
 //! Scheduling is slot-based ([`crate::schedule`]). Typed failure reasons, per-phase timings and
 //! slots follow getsentry/uptime-checker; the code is ours.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::{future, AsyncRead, AsyncReadExt};
-use isahc::config::{Configurable, RedirectPolicy};
-use isahc::error::ErrorKind as IsahcErrorKind;
-use isahc::http::header::{HeaderName, HeaderValue, CONNECTION, USER_AGENT};
-use isahc::http::{Method, Uri, Version};
-use isahc::net::dns::DnsCache;
-use isahc::{AsyncBody, HttpClient, Request, ResponseExt};
+use http::header::{HeaderName, HeaderValue, CONNECTION, USER_AGENT};
+use http::{Method, Uri};
 use serde::Deserialize;
 use slog::info;
 use tokio::time::Instant;
@@ -37,6 +29,7 @@ use crate::config::duration;
 use crate::config::interpolate;
 use crate::config::locate::Locations;
 use crate::event::Event;
+use crate::libcurl::{self, Agent, Outcome, Times};
 use crate::registry::{BuildContext, StageConfig};
 use crate::schedule::{self, Clock, Entry};
 use crate::secrets::redact_url;
@@ -144,9 +137,10 @@ pub struct HttpProbeConfig {
     /// Checks in flight at once, across all targets. Default 100.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    /// Reuse connections (and cached DNS answers) between checks. Default `false`: each check
-    /// opens a fresh connection, so its connect and TLS times are real, and sends
-    /// `Connection: close` unless the target sets a `Connection` header of its own.
+    /// Reuse connections (and cached DNS answers and TLS sessions) between checks. Default
+    /// `false`: each check resolves the name, opens a fresh connection and makes a full TLS
+    /// handshake, so its DNS, connect and TLS times are real, and sends `Connection: close`
+    /// unless the target sets a `Connection` header of its own.
     #[serde(default)]
     pub reuse_connections: bool,
     /// The most body bytes read; a longer body is a `body_too_large` failure. Default 1 MiB.
@@ -200,11 +194,13 @@ impl StatusSet {
 #[derive(Debug)]
 struct Target {
     name: String,
-    uri: Uri,
+    /// The URL as libcurl gets it.
+    url: Arc<str>,
     /// The URL as reported in results: any password replaced by `***`.
     reported_url: String,
     method: Method,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    /// Request header lines, `Name: value`.
+    headers: Arc<[String]>,
     body: Option<Bytes>,
     expected: StatusSet,
     regex: Option<String>,
@@ -312,23 +308,21 @@ impl StageConfig for HttpProbeConfig {
             }
         }
 
-        // Each client has one agent thread running libcurl's event loop, which also does the
-        // kernel's TCP work of every connection it opens: one client per core, so checks are
-        // not bound to a single thread.
+        // Each agent is a thread running libcurl's event loop, which also does the kernel's TCP
+        // work of every connection it opens: one per core, so checks are not bound to a single
+        // thread.
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let mut clients = Vec::with_capacity(cores);
-        for _ in 0..cores.min(targets.len().max(1)) {
-            let mut client = HttpClient::builder().metrics(true);
-            if !self.reuse_connections {
-                client = client.connection_cache_size(0).dns_cache(DnsCache::Disable);
-            }
-            match client.build() {
-                Ok(client) => clients.push(client),
-                Err(e) => {
-                    errors.push(ConfigError::new(format!(
-                        "cannot create the HTTP client: {e}"
-                    )));
-                    break;
+        let mut agents = Vec::with_capacity(cores);
+        if errors.is_empty() {
+            for i in 0..cores.min(targets.len().max(1)) {
+                match Agent::spawn(format!("{}-curl-{i}", cx.stage_id)) {
+                    Ok(agent) => agents.push(agent),
+                    Err(e) => {
+                        errors.push(ConfigError::new(format!(
+                            "cannot start libcurl's thread: {e}"
+                        )));
+                        break;
+                    }
                 }
             }
         }
@@ -339,7 +333,8 @@ impl StageConfig for HttpProbeConfig {
         slog::debug!(cx.logger, "targets loaded"; "targets" => targets.len());
         Ok(Box::new(HttpProbe {
             targets,
-            clients,
+            agents,
+            reuse_connections: self.reuse_connections,
             concurrency: self.concurrency,
             max_body_bytes: self.max_body_bytes,
             keep_bodies: self.keep_bodies,
@@ -462,9 +457,12 @@ fn resolve_target(
     Ok(Target {
         reported_url: redact_url(&config.url),
         name,
-        uri,
+        url: uri.to_string().into(),
         method: method.expect("no failures, so a method"),
-        headers,
+        headers: headers
+            .iter()
+            .map(|(name, value)| format!("{}: {}", name, String::from_utf8_lossy(value.as_bytes())))
+            .collect(),
         body: config.body.map(Bytes::from),
         expected: expected.expect("no failures, so a status set"),
         regex: config.regex,
@@ -477,8 +475,9 @@ fn resolve_target(
 
 struct HttpProbe {
     targets: Vec<Target>,
-    /// Target `i` is always checked by client `i % clients.len()`.
-    clients: Vec<HttpClient>,
+    /// Target `i` is always checked by agent `i % agents.len()`.
+    agents: Vec<Agent>,
+    reuse_connections: bool,
     concurrency: usize,
     max_body_bytes: u64,
     keep_bodies: bool,
@@ -489,7 +488,8 @@ impl Source for HttpProbe {
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), BoxError> {
         let HttpProbe {
             targets,
-            clients,
+            agents,
+            reuse_connections,
             concurrency,
             max_body_bytes,
             keep_bodies,
@@ -503,6 +503,7 @@ impl Source for HttpProbe {
             .collect();
         let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
         let targets = Arc::new(targets);
+        let agents = Arc::new(agents);
         let clock = Clock::new();
         let out = cx.out.clone();
         let logger = cx.logger.clone();
@@ -516,7 +517,7 @@ impl Source for HttpProbe {
             &cx.logger,
             |slot| {
                 let targets = Arc::clone(&targets);
-                let client = clients[slot.entry % clients.len()].clone();
+                let agents = Arc::clone(&agents);
                 let mut out = out.clone();
                 let logger = logger.clone();
                 async move {
@@ -524,7 +525,23 @@ impl Source for HttpProbe {
                     let scheduled_at = Clock::time_at(slot.scheduled_ms);
                     let started_at = clock.now();
                     let keep_body = keep_bodies || target.regex.is_some();
-                    let (result, body) = probe(&client, target, max_body_bytes, keep_body).await;
+                    let agent = &agents[slot.entry % agents.len()];
+                    let request = libcurl::Request {
+                        url: Arc::clone(&target.url),
+                        method: target.method.as_str().into(),
+                        headers: Arc::clone(&target.headers),
+                        body: target.body.clone(),
+                        timeout: target.timeout,
+                        max_redirects: if target.follow_redirects {
+                            MAX_REDIRECTS
+                        } else {
+                            0
+                        },
+                        fresh_connection: !reuse_connections,
+                        max_body_bytes,
+                        keep_body,
+                    };
+                    let (result, body) = probe(agent, request, target).await;
                     let result = CheckResult {
                         schema_version: SCHEMA_VERSION,
                         check_id: check::check_id(&target.name, scheduled_at),
@@ -557,27 +574,11 @@ const TIMEOUT_SLACK: Duration = Duration::from_secs(1);
 
 /// Runs one check. Fills in everything but the identity and time fields, which the caller sets.
 async fn probe(
-    client: &HttpClient,
+    agent: &Agent,
+    request: libcurl::Request,
     target: &Target,
-    max_body_bytes: u64,
-    keep_body: bool,
 ) -> (CheckResult, Option<Bytes>) {
-    let mut request = Request::builder()
-        .method(target.method.clone())
-        .uri(target.uri.clone())
-        .timeout(target.timeout)
-        .redirect_policy(if target.follow_redirects {
-            RedirectPolicy::Limit(MAX_REDIRECTS)
-        } else {
-            RedirectPolicy::None
-        });
-    for (name, value) in &target.headers {
-        request = request.header(name, value);
-    }
-    let body = match &target.body {
-        Some(body) => AsyncBody::from_bytes_static(body.clone()),
-        None => AsyncBody::empty(),
-    };
+    let max_body_bytes = request.max_body_bytes;
     let started = Instant::now();
     let mut result = CheckResult {
         schema_version: SCHEMA_VERSION,
@@ -600,104 +601,68 @@ async fn probe(
         http_version: None,
         captures: None,
     };
-    let request = match request.body(body) {
-        Ok(request) => request,
-        Err(e) => {
+    // libcurl enforces the timeout; our own deadline, a little later, only guards against a
+    // transfer that never ends.
+    let deadline = target.timeout + TIMEOUT_SLACK;
+    let outcome = match tokio::time::timeout(deadline, agent.transfer(request)).await {
+        Err(_) => {
+            result.error = Some(timeout_error(target.timeout));
+            None
+        }
+        Ok(None) => {
             result.error = Some(CheckError {
                 kind: ErrorKind::Other,
-                message: format!("cannot build the request: {e}"),
+                message: "libcurl's thread has stopped".to_owned(),
             });
-            return (result, None);
+            None
         }
+        Ok(Some(outcome)) => Some(outcome),
     };
-
-    // libcurl enforces the timeout; our own deadline, a little later, only guards against a
-    // transfer that never ends. One deadline covers the response and its body.
-    let deadline = target.timeout + TIMEOUT_SLACK;
-    let mut response = None;
     let mut kept = None;
-    let exchange = async {
-        let response = match client.send_async(request).await {
-            Ok(r) => response.insert(r),
-            Err(e) => {
-                result.remote_addr = e.remote_addr().map(|a| a.to_string());
-                return Err(classify(&e));
-            }
-        };
-        result.status_code = Some(response.status().as_u16());
-        result.http_version = Some(version_name(response.version()).to_owned());
-        result.remote_addr = response.remote_addr().map(|a| a.to_string());
-        let (total, body, too_large) = read_body(response.body_mut(), max_body_bytes, keep_body)
-            .await
-            .map_err(|e| classify(&isahc::Error::from(e)))?;
-        result.body_bytes = Some(total);
-        if too_large {
-            return Err(CheckError {
+    let measured_total = outcome.as_ref().map(|o| o.times.total);
+    if let Some(Outcome {
+        result: transfer,
+        body_too_large,
+        status,
+        http_version,
+        remote_addr,
+        body_bytes,
+        body,
+        times,
+    }) = outcome
+    {
+        result.status_code = status;
+        result.http_version = http_version.map(str::to_owned);
+        result.remote_addr = remote_addr;
+        if status.is_some() {
+            result.body_bytes = Some(body_bytes);
+        }
+        // The phases that happened, a failed check's too: a timeout after connecting still
+        // says how long the name and the connection took.
+        result.timings_ms = timings(&times, target, status.is_some());
+        result.error = match transfer {
+            Ok(()) => None,
+            Err(_) if body_too_large => Some(CheckError {
                 kind: ErrorKind::BodyTooLarge,
                 message: format!("the body is larger than max_body_bytes ({max_body_bytes})"),
-            });
+            }),
+            Err(e) => Some(classify(&e, target.timeout)),
+        };
+        if result.error.is_none() {
+            kept = body.map(Bytes::from);
         }
-        if keep_body {
-            kept = Some(Bytes::from(body));
-        }
-        Ok(())
-    };
-    result.error = match tokio::time::timeout(deadline, exchange).await {
-        Err(_) => Some(timeout_error(target.timeout)),
-        Ok(outcome) => outcome.err(),
-    };
-    // Phases measured so far are reported even when the check failed part-way.
-    if let Some(metrics) = response.as_ref().and_then(|r| r.metrics()) {
-        result.timings_ms = timings(metrics, target);
     }
-    result.response_time_ms = check::millis(started.elapsed());
+    // libcurl's own total when it ran the transfer: the site's time, without the hand-offs
+    // between threads; the probe's clock otherwise.
+    result.response_time_ms = check::millis(match measured_total {
+        Some(total) if !total.is_zero() => total,
+        _ => started.elapsed(),
+    });
     result.up = result.error.is_none()
         && result
             .status_code
             .is_some_and(|code| target.expected.contains(code));
     (result, kept)
-}
-
-/// Reads a body up to `limit` bytes, keeping it only when asked. Returns the bytes read, the
-/// body kept, and whether it was longer than `limit` (then `limit` is reported as read).
-async fn read_body(
-    body: &mut AsyncBody,
-    limit: u64,
-    keep: bool,
-) -> io::Result<(u64, Vec<u8>, bool)> {
-    const CHUNK: usize = 16 * 1024;
-    let mut kept = Vec::new();
-    let mut total = 0_u64;
-    loop {
-        let n = if keep {
-            let start = kept.len();
-            kept.resize(start + CHUNK, 0);
-            let n = body.read(&mut kept[start..]).await?;
-            kept.truncate(start + n);
-            n
-        } else {
-            discard(body).await?
-        };
-        if n == 0 {
-            return Ok((total, kept, false));
-        }
-        total += n as u64;
-        if total > limit {
-            return Ok((limit, kept, true));
-        }
-    }
-}
-
-/// Reads the next chunk of a body and drops it. Most checks keep no body: their bytes land in
-/// a scratch buffer of the thread, borrowed only within one poll, instead of a zeroed 16 KiB
-/// allocation per check.
-fn discard(body: &mut AsyncBody) -> impl Future<Output = io::Result<usize>> + '_ {
-    thread_local! {
-        static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; 16 * 1024].into_boxed_slice());
-    }
-    future::poll_fn(move |cx| {
-        SCRATCH.with_borrow_mut(|buffer| Pin::new(&mut *body).poll_read(cx, buffer))
-    })
 }
 
 fn timeout_error(timeout: Duration) -> CheckError {
@@ -708,56 +673,60 @@ fn timeout_error(timeout: Duration) -> CheckError {
 }
 
 /// Maps libcurl's failure to the schema's error kinds.
-fn classify(error: &isahc::Error) -> CheckError {
-    let kind = match error.kind() {
-        IsahcErrorKind::Timeout => ErrorKind::Timeout,
-        IsahcErrorKind::NameResolution => ErrorKind::Dns,
-        IsahcErrorKind::ConnectionFailed => ErrorKind::Connect,
-        IsahcErrorKind::BadServerCertificate
-        | IsahcErrorKind::BadClientCertificate
-        | IsahcErrorKind::TlsEngine
-        | IsahcErrorKind::InvalidTlsConfiguration => ErrorKind::Tls,
-        IsahcErrorKind::TooManyRedirects => ErrorKind::TooManyRedirects,
-        _ => ErrorKind::Other,
+fn classify(error: &curl::Error, timeout: Duration) -> CheckError {
+    let kind = if error.is_operation_timedout() {
+        ErrorKind::Timeout
+    } else if error.is_couldnt_resolve_host() {
+        ErrorKind::Dns
+    } else if error.is_couldnt_connect() {
+        ErrorKind::Connect
+    } else if error.is_ssl_connect_error()
+        || error.is_peer_failed_verification()
+        || error.is_ssl_certproblem()
+        || error.is_ssl_cipher()
+        || error.is_ssl_cacert()
+        || error.is_ssl_cacert_badfile()
+        || error.is_ssl_issuer_error()
+    {
+        ErrorKind::Tls
+    } else if error.is_too_many_redirects() {
+        ErrorKind::TooManyRedirects
+    } else {
+        ErrorKind::Other
     };
-    // libcurl's own words (the source) say what isahc's kind does not: which host, which port.
-    let mut message = error.to_string();
-    if let Some(source) = std::error::Error::source(error) {
-        let detail = source.to_string();
-        if !message.contains(&detail) {
-            message = format!("{message}: {detail}");
-        }
+    if kind == ErrorKind::Timeout {
+        return timeout_error(timeout);
     }
+    // libcurl's own words (its error buffer) say which host and port, or which certificate;
+    // the code's generic text only when it gave none.
+    let message = error
+        .extra_description()
+        .unwrap_or_else(|| error.description())
+        .to_owned();
     CheckError { kind, message }
 }
 
-/// Turns libcurl's cumulative timers into per-phase durations. isahc reports name lookup and
-/// transfer start from the start of the request, but connect and TLS as their own durations.
-fn timings(metrics: &isahc::Metrics, target: &Target) -> Timings {
-    let dns = metrics.name_lookup_time();
-    let connect = metrics.connect_time();
-    let tls = metrics.secure_connect_time();
-    let first_byte = metrics
-        .transfer_start_time()
-        .saturating_sub(dns + connect + tls);
+/// Turns libcurl's cumulative timers into per-phase durations. The response's phases only when
+/// one came: libcurl sets its first-byte timer on some failures too (a refused connection).
+fn timings(times: &Times, target: &Target, responded: bool) -> Timings {
     let phase = |d: Duration| (!d.is_zero()).then(|| check::millis(d));
+    let connected = times.connect.max(times.name_lookup);
+    let secured = if times.app_connect.is_zero() {
+        connected
+    } else {
+        times.app_connect
+    };
     Timings {
-        dns: if target.host_is_ip { None } else { phase(dns) },
-        connect: phase(connect),
-        tls: phase(tls),
-        first_byte: (!metrics.transfer_start_time().is_zero()).then(|| check::millis(first_byte)),
-        transfer: Some(check::millis(metrics.transfer_time())),
-    }
-}
-
-fn version_name(version: Version) -> &'static str {
-    match version {
-        Version::HTTP_09 => "HTTP/0.9",
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_11 => "HTTP/1.1",
-        Version::HTTP_2 => "HTTP/2",
-        Version::HTTP_3 => "HTTP/3",
-        _ => "unknown",
+        dns: if target.host_is_ip {
+            None
+        } else {
+            phase(times.name_lookup)
+        },
+        connect: phase(connected.saturating_sub(times.name_lookup)),
+        tls: phase(times.app_connect.saturating_sub(connected)),
+        first_byte: responded.then(|| check::millis(times.start_transfer.saturating_sub(secured))),
+        transfer: responded
+            .then(|| check::millis(times.total.saturating_sub(times.start_transfer))),
     }
 }
 
@@ -883,25 +852,6 @@ mod tests {
             errors[0].message,
             "targets_file `env.yaml`: line 2 column 3: [1].url: environment variable `PIPE_TEST_UNSET_VAR` is not set and has no default (write `${PIPE_TEST_UNSET_VAR:-default}`)"
         );
-    }
-
-    #[tokio::test]
-    async fn bodies_are_counted_kept_or_cut_across_reads() {
-        // Longer than one read, so the kept body is assembled from several.
-        let page: Vec<u8> = (0..40_000_u32).map(|i| (i % 251) as u8).collect();
-        let body = || AsyncBody::from(page.clone());
-
-        let (read, kept, too_large) = read_body(&mut body(), 1 << 20, true).await.unwrap();
-        assert_eq!((read, too_large), (40_000, false));
-        assert!(kept == page, "the kept body is the page, byte for byte");
-
-        let (read, kept, too_large) = read_body(&mut body(), 1 << 20, false).await.unwrap();
-        assert_eq!((read, kept.len(), too_large), (40_000, 0, false));
-
-        for keep in [true, false] {
-            let (read, _, too_large) = read_body(&mut body(), 30_000, keep).await.unwrap();
-            assert_eq!((read, too_large), (30_000, true), "keep: {keep}");
-        }
     }
 
     #[test]

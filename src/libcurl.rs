@@ -1,0 +1,526 @@
+//! A libcurl agent: one thread driving libcurl's multi interface, to which async code hands
+//! transfers and from which it awaits their outcomes.
+//!
+//! `http_probe` runs every check through one of these (one agent per core). The agent keeps
+//! its easy handles and reuses them, reads each outcome (status, timings, addresses, body) on
+//! its own thread, and crosses to the runtime once per transfer, with the finished outcome; the
+//! runtime wakes the agent only while it waits. isahc, which this replaces, built a new easy
+//! handle per request and crossed between the threads several times per check: a check cost
+//! about 115 µs of CPU through it and about 90 µs through this (BENCHMARKS.md, "Checker").
+//!
+//! The loop follows libcurl's own `multi-poll.c` example: `curl_multi_perform`, read the
+//! finished transfers, `curl_multi_poll`, which `curl_multi_wakeup` ends from another thread.
+
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use curl::easy::{Easy2, Handler, List, WriteError};
+use curl::multi::{Easy2Handle, Multi, MultiWaker};
+use tokio::sync::oneshot;
+
+/// What to fetch, and how. Built by the caller for each transfer.
+#[derive(Debug)]
+pub struct Request {
+    pub url: Arc<str>,
+    /// An upper-case HTTP method.
+    pub method: Box<str>,
+    /// Header lines, `Name: value`.
+    pub headers: Arc<[String]>,
+    pub body: Option<Bytes>,
+    /// For the whole transfer, redirects included; libcurl enforces it.
+    pub timeout: Duration,
+    /// Redirects followed at most; 0 follows none.
+    pub max_redirects: u32,
+    /// Open a new connection and resolve the name afresh, instead of reusing either.
+    pub fresh_connection: bool,
+    /// Body bytes read at most; a longer body ends the transfer as too large.
+    pub max_body_bytes: u64,
+    /// Keep the body (up to `max_body_bytes`) in the outcome.
+    pub keep_body: bool,
+}
+
+/// libcurl's cumulative timers, from the start of the transfer.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Times {
+    pub name_lookup: Duration,
+    pub connect: Duration,
+    pub app_connect: Duration,
+    pub start_transfer: Duration,
+    pub total: Duration,
+}
+
+/// What happened to a transfer.
+#[derive(Debug)]
+pub struct Outcome {
+    /// libcurl's verdict. A body over the limit shows here as a write error, with
+    /// `body_too_large` set.
+    pub result: Result<(), curl::Error>,
+    pub body_too_large: bool,
+    /// The last response's status code, if one arrived.
+    pub status: Option<u16>,
+    /// The last response's protocol, as on its status line (`HTTP/1.1`, `HTTP/2`).
+    pub http_version: Option<&'static str>,
+    pub remote_addr: Option<String>,
+    /// Body bytes read (at most the limit).
+    pub body_bytes: u64,
+    /// The body, when asked to keep it.
+    pub body: Option<Vec<u8>>,
+    pub times: Times,
+}
+
+/// Collects one transfer's response on the agent's thread.
+#[derive(Default)]
+struct Collector {
+    limit: u64,
+    keep: bool,
+    read: u64,
+    body: Vec<u8>,
+    too_large: bool,
+    version: Option<&'static str>,
+}
+
+impl Collector {
+    fn start(&mut self, limit: u64, keep: bool) {
+        *self = Collector {
+            limit,
+            keep,
+            body: std::mem::take(&mut self.body),
+            ..Collector::default()
+        };
+        self.body.clear();
+    }
+}
+
+impl Handler for Collector {
+    fn write(&mut self, data: &[u8]) -> Result<usize, WriteError> {
+        let len = data.len() as u64;
+        if self.read + len > self.limit {
+            self.read = self.limit;
+            self.too_large = true;
+            // Less than offered: libcurl ends the transfer with a write error.
+            return Ok(0);
+        }
+        self.read += len;
+        if self.keep {
+            self.body.extend_from_slice(data);
+        }
+        Ok(data.len())
+    }
+
+    fn header(&mut self, line: &[u8]) -> bool {
+        // Every response's status line comes through, redirects' too; the last one counts.
+        if let Some(rest) = line.strip_prefix(b"HTTP/") {
+            self.version = Some(match rest.split(|&b| b == b' ').next() {
+                Some(b"1.0") => "HTTP/1.0",
+                Some(b"1.1") => "HTTP/1.1",
+                Some(b"2" | b"2.0") => "HTTP/2",
+                Some(b"3" | b"3.0") => "HTTP/3",
+                _ => "unknown",
+            });
+        }
+        true
+    }
+}
+
+struct Job {
+    request: Request,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// Jobs handed to the agent, and the state both sides need to see.
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Job>,
+    /// The agent waits in libcurl: the next submitter wakes it.
+    parked: bool,
+    /// Every handle has been dropped: the agent ends once its transfers have.
+    closed: bool,
+    /// The agent's thread has ended (a bug, if not closed): jobs are refused, not queued.
+    stopped: bool,
+}
+
+/// The handle async code holds; the thread ends once the handle is dropped and its transfers
+/// have finished.
+pub struct Agent {
+    queue: Arc<Mutex<Queue>>,
+    waker: MultiWaker,
+}
+
+impl Agent {
+    pub fn spawn(name: String) -> io::Result<Agent> {
+        let queue = Arc::new(Mutex::new(Queue::default()));
+        let shared = Arc::clone(&queue);
+        // A multi handle stays on the thread that made it; only its waker comes back.
+        let (give, take) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new().name(name).spawn(move || {
+            let multi = Multi::new();
+            if give.send(multi.waker()).is_ok() {
+                run(multi, &shared);
+            }
+        })?;
+        let waker = take
+            .recv()
+            .map_err(|_| io::Error::other("libcurl's thread ended as it started"))?;
+        Ok(Agent { queue, waker })
+    }
+
+    /// Runs one transfer. `None` if the agent's thread has ended, which only a bug does.
+    pub async fn transfer(&self, request: Request) -> Option<Outcome> {
+        let (reply, outcome) = oneshot::channel();
+        if self.submit(Job { request, reply }) {
+            let _ = self.waker.wakeup();
+        }
+        outcome.await.ok()
+    }
+
+    /// Queues a job; true if the agent waits and must be woken (once, by this caller). A
+    /// stopped agent drops the job, and with it the reply its caller awaits.
+    fn submit(&self, job: Job) -> bool {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if queue.stopped {
+            return false;
+        }
+        queue.jobs.push(job);
+        std::mem::take(&mut queue.parked)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
+        let _ = self.waker.wakeup();
+    }
+}
+
+struct Running {
+    handle: Easy2Handle<Collector>,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// Marks the agent stopped however its thread ends, a panic included, so that no caller waits
+/// for a reply that cannot come: queued jobs are dropped, and later ones refused.
+struct StopGuard<'a>(&'a Mutex<Queue>);
+
+impl Drop for StopGuard<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.stopped = true;
+        queue.jobs.clear();
+    }
+}
+
+/// The agent's loop: take new jobs, let libcurl work, hand back what finished, wait.
+fn run(multi: Multi, queue: &Mutex<Queue>) {
+    let _stop = StopGuard(queue);
+    let lock = || queue.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut running: Vec<Option<Running>> = Vec::new();
+    let mut free_slots: Vec<usize> = Vec::new();
+    let mut idle: Vec<Easy2<Collector>> = Vec::new();
+    let mut arrived = Vec::new();
+    let mut finished = Vec::new();
+    loop {
+        let closed = {
+            let mut queue = lock();
+            std::mem::swap(&mut arrived, &mut queue.jobs);
+            queue.closed
+        };
+        for job in arrived.drain(..) {
+            start(&multi, job, &mut running, &mut free_slots, &mut idle);
+        }
+        if closed {
+            // The probe has stopped: transfers nobody awaits any more end now, not at their
+            // timeout.
+            for (token, slot) in running.iter_mut().enumerate() {
+                if slot.as_ref().is_some_and(|r| r.reply.is_closed()) {
+                    if let Some(Running { handle, .. }) = slot.take() {
+                        let _ = multi.remove2(handle);
+                        free_slots.push(token);
+                    }
+                }
+            }
+            if free_slots.len() == running.len() {
+                return;
+            }
+        }
+        if let Err(e) = multi.perform() {
+            // Not one transfer's failure but the multi handle's: nothing can run any more.
+            panic!("libcurl's multi handle failed: {e}");
+        }
+        multi.messages(|message| {
+            // Read through the handle, so a failure carries libcurl's own words (its error
+            // buffer: which host, which port, which certificate).
+            let Ok(token) = message.token() else { return };
+            if let Some(Some(transfer)) = running.get(token) {
+                if let Some(result) = message.result_for2(&transfer.handle) {
+                    finished.push((token, result));
+                }
+            }
+        });
+        for (token, result) in finished.drain(..) {
+            let Some(Running { handle, reply }) = running[token].take() else {
+                continue;
+            };
+            free_slots.push(token);
+            if let Ok(mut easy) = multi.remove2(handle) {
+                let _ = reply.send(outcome(&mut easy, result));
+                idle.push(easy);
+            }
+        }
+        {
+            let mut queue = lock();
+            if !queue.jobs.is_empty() {
+                continue;
+            }
+            queue.parked = true;
+        }
+        // libcurl shortens the wait to its own next timeout; a wakeup ends it, and one sent
+        // before the wait began (by a submitter, or by the last handle's drop) ends it at once.
+        let _ = multi.poll(&mut [], Duration::from_secs(1));
+        lock().parked = false;
+    }
+}
+
+/// libcurl's code for a transfer that could not start; given when the multi handle refuses one.
+const CURLE_FAILED_INIT: u32 = 2;
+
+fn start(
+    multi: &Multi,
+    job: Job,
+    running: &mut Vec<Option<Running>>,
+    free_slots: &mut Vec<usize>,
+    idle: &mut Vec<Easy2<Collector>>,
+) {
+    let Job { request, reply } = job;
+    let mut easy = match idle.pop() {
+        Some(mut easy) => {
+            // Back to libcurl's defaults, so no option of the previous request carries over;
+            // what the handle keeps (connections, DNS and TLS caches) `configure` governs.
+            easy.reset();
+            easy
+        }
+        None => Easy2::new(Collector::default()),
+    };
+    easy.get_mut()
+        .start(request.max_body_bytes, request.keep_body);
+    if let Err(e) = configure(&mut easy, &request) {
+        let _ = reply.send(Outcome {
+            result: Err(e),
+            ..empty_outcome()
+        });
+        idle.push(easy);
+        return;
+    }
+    let token = free_slots.pop().unwrap_or_else(|| {
+        running.push(None);
+        running.len() - 1
+    });
+    match multi.add2(easy) {
+        Ok(mut handle) => {
+            let _ = handle.set_token(token);
+            running[token] = Some(Running { handle, reply });
+        }
+        Err(_) => {
+            free_slots.push(token);
+            let _ = reply.send(Outcome {
+                result: Err(curl::Error::new(CURLE_FAILED_INIT)),
+                ..empty_outcome()
+            });
+        }
+    }
+}
+
+fn configure(easy: &mut Easy2<Collector>, request: &Request) -> Result<(), curl::Error> {
+    easy.url(&request.url)?;
+    easy.signal(false)?;
+    easy.timeout(request.timeout)?;
+    easy.accept_encoding("")?;
+    if request.max_redirects > 0 {
+        easy.follow_location(true)?;
+        easy.max_redirections(request.max_redirects)?;
+    }
+    if request.fresh_connection {
+        easy.fresh_connect(true)?;
+        easy.forbid_reuse(true)?;
+        easy.dns_cache_timeout(Duration::ZERO)?;
+        // A reused handle would otherwise resume its last TLS session: a shorter handshake
+        // than a visitor's, and a `tls` phase that is not the real one.
+        easy.ssl_sessionid_cache(false)?;
+    }
+    match (&*request.method, &request.body) {
+        ("GET", None) => easy.get(true)?,
+        ("HEAD", None) => easy.nobody(true)?,
+        (method, body) => {
+            if let Some(body) = body {
+                easy.post_fields_copy(body)?;
+            }
+            easy.custom_request(method)?;
+        }
+    }
+    let mut headers = List::new();
+    for line in request.headers.iter() {
+        headers.append(line)?;
+    }
+    easy.http_headers(headers)?;
+    Ok(())
+}
+
+fn empty_outcome() -> Outcome {
+    Outcome {
+        result: Ok(()),
+        body_too_large: false,
+        status: None,
+        http_version: None,
+        remote_addr: None,
+        body_bytes: 0,
+        body: None,
+        times: Times::default(),
+    }
+}
+
+fn outcome(easy: &mut Easy2<Collector>, result: Result<(), curl::Error>) -> Outcome {
+    let status = easy
+        .response_code()
+        .ok()
+        .filter(|&code| code != 0)
+        .and_then(|code| u16::try_from(code).ok());
+    let remote_addr = match (easy.primary_ip(), easy.primary_port()) {
+        (Ok(Some(ip)), Ok(port)) if !ip.is_empty() => Some(if ip.contains(':') {
+            format!("[{ip}]:{port}")
+        } else {
+            format!("{ip}:{port}")
+        }),
+        _ => None,
+    };
+    let time = |t: Result<Duration, curl::Error>| t.unwrap_or_default();
+    let times = Times {
+        name_lookup: time(easy.namelookup_time()),
+        connect: time(easy.connect_time()),
+        app_connect: time(easy.appconnect_time()),
+        start_transfer: time(easy.starttransfer_time()),
+        total: time(easy.total_time()),
+    };
+    let collector = easy.get_mut();
+    Outcome {
+        result,
+        body_too_large: collector.too_large,
+        status,
+        http_version: status.and(collector.version),
+        remote_addr,
+        body_bytes: collector.read,
+        body: collector.keep.then(|| std::mem::take(&mut collector.body)),
+        times,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(limit: u64, keep: bool, chunks: &[&[u8]]) -> (Collector, Vec<usize>) {
+        let mut collector = Collector::default();
+        collector.start(limit, keep);
+        let taken = chunks
+            .iter()
+            .map(|chunk| collector.write(chunk).unwrap())
+            .collect();
+        (collector, taken)
+    }
+
+    #[tokio::test]
+    async fn transfers_nobody_awaits_end_when_the_agent_is_dropped() {
+        use std::io::Read;
+
+        // A server that accepts and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let request = Request {
+            url: format!("http://{}/", listener.local_addr().unwrap()).into(),
+            method: "GET".into(),
+            headers: Arc::from(Vec::new()),
+            body: None,
+            timeout: Duration::from_secs(120),
+            max_redirects: 0,
+            fresh_connection: true,
+            max_body_bytes: 1024,
+            keep_body: false,
+        };
+        let agent = Arc::new(Agent::spawn("test-curl".into()).unwrap());
+        let waiting = tokio::spawn({
+            let agent = Arc::clone(&agent);
+            async move { agent.transfer(request).await }
+        });
+        let mut connection = tokio::task::spawn_blocking(move || listener.accept().unwrap().0)
+            .await
+            .unwrap();
+
+        // The probe stops: its check is dropped, then the agent.
+        waiting.abort();
+        assert!(waiting.await.unwrap_err().is_cancelled());
+        drop(agent);
+
+        // The connection closes now, long before the transfer's timeout.
+        connection
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buffer = [0; 4096];
+        while connection
+            .read(&mut buffer)
+            .expect("the agent closes the connection")
+            > 0
+        {}
+    }
+
+    #[test]
+    fn bodies_are_counted_kept_or_cut_at_the_limit() {
+        let (kept, taken) = collect(10, true, &[b"abcd", b"efgh"]);
+        assert_eq!(taken, [4, 4]);
+        assert_eq!(
+            (kept.read, kept.body.as_slice(), kept.too_large),
+            (8, &b"abcdefgh"[..], false)
+        );
+
+        let (counted, _) = collect(10, false, &[b"abcd", b"efgh"]);
+        assert_eq!((counted.read, counted.body.len()), (8, 0));
+
+        // Taking less than offered makes libcurl end the transfer (a write error).
+        let (cut, taken) = collect(10, true, &[b"abcdef", b"ghijkl"]);
+        assert_eq!(taken, [6, 0]);
+        assert_eq!((cut.read, cut.too_large), (10, true));
+    }
+
+    #[test]
+    fn a_reused_collector_starts_empty() {
+        let (mut collector, _) = collect(4, true, &[b"abc", b"de"]);
+        collector.version = Some("HTTP/2");
+        collector.start(100, true);
+        assert_eq!(
+            (
+                collector.read,
+                collector.body.len(),
+                collector.too_large,
+                collector.version
+            ),
+            (0, 0, false, None)
+        );
+    }
+
+    #[test]
+    fn the_last_status_line_gives_the_version() {
+        let mut collector = Collector::default();
+        for line in [
+            &b"HTTP/1.1 301 Moved Permanently\r\n"[..],
+            b"Location: /next\r\n",
+            b"HTTP/2 200\r\n",
+            b"content-type: text/html\r\n",
+        ] {
+            assert!(collector.header(line));
+        }
+        assert_eq!(collector.version, Some("HTTP/2"));
+        collector.header(b"HTTP/1.0 200 OK\r\n");
+        assert_eq!(collector.version, Some("HTTP/1.0"));
+    }
+}
