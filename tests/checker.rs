@@ -360,6 +360,47 @@ async fn checks_name_the_monitor_unless_told_otherwise() {
 }
 
 #[tokio::test]
+async fn methods_and_bodies_are_sent_as_configured() {
+    let server = http::start().await;
+    // The request line and the body's length, read back from the server's echo.
+    let request =
+        r"regex: '(?s)^(?P<method>[A-Z]+) /headers(?:.*\r\n(?i:content-length): (?P<length>\d+))?'";
+    let targets = [
+        ("get", ""),
+        ("post", "method: POST, body: 'name=pipe&check=1'"),
+        ("put", "method: put, body: '{}'"),
+        ("delete", "method: DELETE"),
+    ]
+    .iter()
+    .map(|(name, settings)| {
+        format!(
+            "      - {{ name: {name}, url: '{}', {request}, {settings} }}",
+            server.url("/headers")
+        )
+    })
+    .collect::<Vec<_>>()
+    .join("\n");
+    let results = check_all(&targets, "", 4).await;
+    let sent = |name: &str| {
+        let outcome = &results[name];
+        assert!(outcome.result.up, "{name}: {:?}", outcome.result.error);
+        let captures = &outcome.fields["captures"];
+        (
+            captures["method"].as_str().map(str::to_owned),
+            captures
+                .get("length")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        )
+    };
+    assert_eq!(sent("get"), (Some("GET".into()), None));
+    assert_eq!(sent("post"), (Some("POST".into()), Some("17".into())));
+    assert_eq!(sent("put"), (Some("PUT".into()), Some("2".into())));
+    assert_eq!(sent("delete"), (Some("DELETE".into()), None));
+    assert_eq!(results["post"].result.method, "POST");
+}
+
+#[tokio::test]
 async fn an_invalid_regex_is_a_located_validation_error() {
     let yaml = "\
 sources:
