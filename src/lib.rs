@@ -11,8 +11,11 @@
 //!   shutdown;
 //! - [`event`] and [`ack`] are what flows: events, and the acknowledgements that tell a source
 //!   when its events are durably handled;
-//! - [`stages`] holds the built-in stages; [`cli`] the `pipe` command line, which other crates
-//!   call with their own registry to ship stages of their own (see `examples/custom_stage.rs`).
+//! - [`stages`] holds the built-in stages, and beside it what they share: [`check`] (message
+//!   schema v1), [`schedule`] and [`libcurl`] (the checker's timing and transfers), [`kafka`],
+//!   [`database`] and [`migrate`] (the writer's services), [`secrets`];
+//! - [`cli`] is the `pipe` command line, which other crates call with their own registry to
+//!   ship stages of their own (see `examples/custom_stage.rs`).
 
 pub mod ack;
 pub mod check;
