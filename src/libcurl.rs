@@ -18,14 +18,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use curl::easy::{Easy2, Handler, List, WriteError};
 use curl::multi::{Easy2Handle, Multi, MultiWaker};
+use http::Method;
 use tokio::sync::oneshot;
 
 /// What to fetch, and how. Built by the caller for each transfer.
 #[derive(Debug)]
 pub struct Request {
     pub url: Arc<str>,
-    /// An upper-case HTTP method.
-    pub method: Box<str>,
+    pub method: Method,
     /// Header lines, `Name: value`.
     pub headers: Arc<[String]>,
     pub body: Option<Bytes>,
@@ -86,10 +86,8 @@ impl Collector {
         *self = Collector {
             limit,
             keep,
-            body: std::mem::take(&mut self.body),
             ..Collector::default()
         };
-        self.body.clear();
     }
 }
 
@@ -351,7 +349,7 @@ fn configure(easy: &mut Easy2<Collector>, request: &Request) -> Result<(), curl:
         // than a visitor's, and a `tls` phase that is not the real one.
         easy.ssl_sessionid_cache(false)?;
     }
-    match (&*request.method, &request.body) {
+    match (request.method.as_str(), &request.body) {
         ("GET", None) => easy.get(true)?,
         ("HEAD", None) => easy.nobody(true)?,
         (method, body) => {
@@ -439,7 +437,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let request = Request {
             url: format!("http://{}/", listener.local_addr().unwrap()).into(),
-            method: "GET".into(),
+            method: Method::GET,
             headers: Arc::from(Vec::new()),
             body: None,
             timeout: Duration::from_secs(120),

@@ -32,6 +32,16 @@ fn validate_with(
     command.output().unwrap()
 }
 
+/// Asserts that `pipe validate` accepted its file, showing what it printed if not.
+fn assert_valid(out: &std::process::Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A CA, a client certificate it signed and the client's key, as files the way Aiven gives them:
 /// (ca.pem, service.cert, service.key).
 fn aiven_files(dir: &std::path::Path) -> (String, String, String) {
@@ -96,12 +106,7 @@ fn aiven_checker_yaml_validates_with_real_certificate_files() {
     let files = aiven_files(dir.path());
 
     let out = validate_with("pipelines/aiven/checker.yaml", &files, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_valid(&out);
 
     // A missing key file is caught by validation, located at the sink's options.
     let out = validate_with(
@@ -135,12 +140,7 @@ fn writer_yaml_and_aiven_writer_yaml_validate() {
         .args(["validate", "pipelines/writer.yaml"])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_valid(&out);
 
     let dir = tempfile::tempdir().unwrap();
     let files = aiven_files(dir.path());
@@ -151,12 +151,7 @@ fn writer_yaml_and_aiven_writer_yaml_validate() {
         &files,
         &[("DATABASE_URL", url.as_str())],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_valid(&out);
 
     // A CA file that is not there: located, and the password is not in the message.
     let out = validate_with(

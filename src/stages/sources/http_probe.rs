@@ -528,7 +528,7 @@ impl Source for HttpProbe {
                     let agent = &agents[slot.entry % agents.len()];
                     let request = libcurl::Request {
                         url: Arc::clone(&target.url),
-                        method: target.method.as_str().into(),
+                        method: target.method.clone(),
                         headers: Arc::clone(&target.headers),
                         body: target.body.clone(),
                         timeout: target.timeout,
