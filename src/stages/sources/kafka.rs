@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use slog::{debug, error, info, warn};
 
-use crate::ack::{self, AckStatus, Completion};
+use crate::ack::{self, AckStatus, Acknowledgements, Completion};
 use crate::check::{CheckResult, SCHEMA_VERSION};
 use crate::config::diagnostic::ConfigError;
 use crate::event::{Event, Origin};
@@ -227,6 +227,43 @@ impl KafkaSource {
         }
     }
 
+    /// Applies the rebalances librdkafka ran inside the polls since the last call: revoked
+    /// partitions' positions are forgotten and what we still hold of them is dropped (their
+    /// offsets can no longer be stored; the new owner re-reads from the last commit), and new
+    /// partitions are paused while we are.
+    ///
+    /// It must run before a message returned by a poll is tracked. One wait for a message can
+    /// span a whole rebalance, revoke and then assign, and under the eager protocol a member
+    /// gets back partitions it just lost: that first message belongs to the new assignment, and
+    /// settling the revocation after tracking it would forget it, so the next message's offset
+    /// would be committed over it.
+    fn absorb_rebalances(
+        &self,
+        pending: &mut VecDeque<Event>,
+        acks: &mut Acknowledgements<Partition>,
+        paused: bool,
+        logger: &slog::Logger,
+    ) {
+        let context = self.consumer.context();
+        let revoked = std::mem::take(&mut *context.revoked.lock().expect("not poisoned"));
+        if !revoked.is_empty() {
+            pending.retain(|event| {
+                event.origin().is_none_or(|o| {
+                    !revoked
+                        .iter()
+                        .any(|(t, p)| **t == *o.topic && *p == o.partition)
+                })
+            });
+            for partition in &revoked {
+                acks.forget(partition);
+            }
+        }
+        let newly_assigned = std::mem::take(&mut *context.assigned.lock().expect("not poisoned"));
+        if newly_assigned && paused {
+            self.set_paused(true, logger);
+        }
+    }
+
     /// Stores the offset after a completed message, so it is committed.
     fn complete(&self, done: Completion<Partition>, logger: &slog::Logger) -> Result<(), BoxError> {
         let (topic, partition) = &done.stream;
@@ -314,40 +351,8 @@ impl Source for KafkaSource {
         let mut blocked_since: Option<tokio::time::Instant> = None;
 
         let result: Result<(), BoxError> = loop {
-            // Rebalances happened inside the last poll: forget revoked partitions' positions and
-            // drop what we still hold of them; keep new partitions paused while we are.
-            let revoked: Vec<Partition> = std::mem::take(
-                &mut *self
-                    .consumer
-                    .context()
-                    .revoked
-                    .lock()
-                    .expect("not poisoned"),
-            );
-            if !revoked.is_empty() {
-                pending.retain(|event| {
-                    event.origin().is_none_or(|o| {
-                        !revoked
-                            .iter()
-                            .any(|(t, p)| **t == *o.topic && *p == o.partition)
-                    })
-                });
-                for partition in &revoked {
-                    acks.forget(partition);
-                }
-            }
-            let newly_assigned = std::mem::take(
-                &mut *self
-                    .consumer
-                    .context()
-                    .assigned
-                    .lock()
-                    .expect("not poisoned"),
-            );
-            if newly_assigned && paused {
-                self.set_paused(true, &logger);
-            }
-
+            // A poll that another branch cancelled may have run a rebalance.
+            self.absorb_rebalances(&mut pending, &mut acks, paused, &logger);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break Ok(()),
@@ -375,6 +380,9 @@ impl Source for KafkaSource {
                 // no messages but serves the group, which is what keeps us in it.
                 message = self.consumer.recv(), if pending.is_empty() || paused => match message {
                     Ok(message) => {
+                        // The wait for this message may have spanned a rebalance, and the
+                        // message then belongs to the new assignment: settle the old one first.
+                        self.absorb_rebalances(&mut pending, &mut acks, paused, &logger);
                         let event = self.decode(&message);
                         if let Some(error) = event.dead_letter_error() {
                             warn!(logger, "undecodable message: dead letter"; "topic" => message.topic(),
