@@ -100,6 +100,12 @@ pub fn client_config(
         ));
     }
     let mut config = ClientConfig::new();
+    // rdkafka derives librdkafka's own level from the `log` crate, which we do not use, and so
+    // would keep only errors: warnings such as an offset reset (checks skipped), a failed
+    // offset commit or a session timeout would never reach the log. librdkafka writes debug
+    // lines only for the `debug` contexts set in `options`, so passing everything costs
+    // nothing otherwise, and our logger decides what is shown.
+    config.set_log_level(RDKafkaLogLevel::Debug);
     for (key, value) in defaults {
         config.set(*key, *value);
     }
@@ -230,5 +236,63 @@ mod tests {
             .unwrap();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_deref()).collect();
         assert_eq!(fields, [Some("brokers"), Some("options")]);
+    }
+
+    /// Keeps the level and message of every record.
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<(slog::Level, String)>>>);
+
+    impl slog::Drain for Capture {
+        type Ok = ();
+        type Err = slog::Never;
+
+        fn log(&self, record: &slog::Record, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+            let line = (record.level(), record.msg().to_string());
+            self.0.lock().unwrap().push(line);
+            Ok(())
+        }
+    }
+
+    /// An offset reset means checks were skipped (retention deleted them before they were
+    /// read): librdkafka says so only in a warning-level log line, never as an error.
+    #[test]
+    fn librdkafka_warnings_reach_the_log() {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::{Offset, TopicPartitionList};
+        use std::time::{Duration, Instant};
+
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("checks", 1, 1).unwrap();
+        let records = std::sync::Arc::default();
+        let context = SlogContext {
+            logger: slog::Logger::root(Capture(std::sync::Arc::clone(&records)), slog::o!()),
+            options: Options::new(),
+        };
+        // A group for librdkafka's sake; assign() does not join it.
+        let settings = options(&[("group.id", "g")]);
+        let config = client_config(&cluster.bootstrap_servers(), &settings, &[]).unwrap();
+        let consumer: BaseConsumer<SlogContext> = config.create_with_context(context).unwrap();
+        let mut partitions = TopicPartitionList::new();
+        partitions
+            .add_partition_offset("checks", 0, Offset::Offset(100))
+            .unwrap();
+        consumer.assign(&partitions).unwrap();
+
+        let warned = |records: &[(slog::Level, String)]| {
+            records.iter().any(|(level, message)| {
+                *level == slog::Level::Warning
+                    && message.contains("offset reset")
+                    && message.contains("Offset out of range")
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Logs are delivered by polling.
+        while !warned(&records.lock().unwrap()) {
+            assert!(
+                Instant::now() < deadline,
+                "no warning: {:?}",
+                records.lock().unwrap()
+            );
+            let _ = consumer.poll(Duration::from_millis(100));
+        }
     }
 }
