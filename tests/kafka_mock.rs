@@ -11,7 +11,10 @@
 //! of that one wait, the first message of its new assignment. Before the source settled the
 //! revocation ahead of tracking that message, it forgot it, and the next offset was committed
 //! over it: two writers in one group stored 3,999 of 4,000 checks, once against tansu and once
-//! here, whenever the second writer joined after the group had formed.
+//! here, whenever the second writer joined after the group had formed. And a rebalance while
+//! the source was paused left it paused with nothing to hand over, reading nothing again: the
+//! messages it held went with the revoked partitions, and librdkafka keeps a partition's pause
+//! when it is given back.
 
 mod support;
 
@@ -242,24 +245,7 @@ sinks:
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Another member joins; once it holds its partition the rebalance is over.
-    let other: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", &group)
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    other.subscribe(&["other"]).unwrap();
-    // Polled off the runtime, which the source needs meanwhile to rejoin the group.
-    let other = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while other.assignment().unwrap().count() == 0 {
-            assert!(std::time::Instant::now() < deadline, "no rebalance");
-            other.poll(Duration::from_millis(100));
-        }
-        other
-    })
-    .await
-    .unwrap();
+    let other = join_group(&brokers, &group, "other").await;
 
     writer::produce(&brokers, "checks", &checks[100..200]).await;
     take(&mut seen, 100, &mut received).await;
@@ -282,17 +268,93 @@ sinks:
     assert_eq!(received.len(), checks.len(), "repeated");
 }
 
-/// Waits for `n` more captured checks and records their ids.
-async fn take(
-    seen: &mut tokio::sync::mpsc::UnboundedReceiver<(pipe::Fields, Option<bytes::Bytes>)>,
-    n: usize,
-    received: &mut Vec<String>,
-) {
-    for _ in 0..n {
-        let (fields, _) = tokio::time::timeout(Duration::from_secs(60), seen.recv())
-            .await
-            .unwrap_or_else(|_| panic!("stalled after {} messages", received.len()))
-            .unwrap();
-        received.push(fields["check_id"].as_str().unwrap().to_owned());
+/// A rebalance while the source is paused (the pipeline has refused its messages for seconds,
+/// as in a database outage) takes away every message it held. When the pipeline takes messages
+/// again, the source must be reading, not paused with nothing left to hand over.
+#[tokio::test]
+async fn a_rebalance_while_paused_leaves_the_source_reading() {
+    const N: usize = 2_000;
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("checks", 4, 1).unwrap();
+    cluster.create_topic("other", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let group = unique_name("group");
+    let channel = unique_name("paused");
+    let mut seen = pipeline::capture(&channel);
+    // The sink reads nothing for 20 s after its first event: after 5 s the source pauses, and
+    // the rebalance comes and goes while it is paused.
+    let yaml = format!(
+        "\
+sources:
+  checks:
+    type: kafka
+    brokers: {brokers}
+    topics: [checks]
+    group: {group}
+{QUICK_REBALANCES}sinks:
+  out:
+    type: capture
+    inputs: [checks]
+    channel: {channel}
+    hold: 20s
+"
+    );
+    let started = tokio::time::Instant::now();
+    let running = pipeline::start(&yaml, RunOptions::default());
+    let checks = writer::checks(N, 40);
+    writer::produce(&brokers, "checks", &checks).await;
+    // The group forms after 3 s (the mock cluster's initial rebalance delay), the sink takes
+    // its first event and holds, and 5 s later the source pauses.
+    tokio::time::sleep_until(started + Duration::from_secs(10)).await;
+    let other = join_group(&brokers, &group, "other").await;
+
+    // Repeats are allowed: what was in flight when the partitions were revoked is read again.
+    let mut received = BTreeSet::new();
+    while received.len() < N {
+        received.insert(next_id(&mut seen, received.len()).await);
     }
+    running.stop().await.expect("a clean stop");
+    drop(other);
+    assert_eq!(received, ids(&checks));
+}
+
+/// A second member of `group`, subscribed to `topic`, once the rebalance that lets it in is
+/// over (it holds a partition).
+async fn join_group(brokers: &str, group: &str, topic: &str) -> BaseConsumer {
+    let other: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    other.subscribe(&[topic]).unwrap();
+    // Polled off the runtime, which the source needs meanwhile to rejoin the group.
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while other.assignment().unwrap().count() == 0 {
+            assert!(std::time::Instant::now() < deadline, "no rebalance");
+            other.poll(Duration::from_millis(100));
+        }
+        other
+    })
+    .await
+    .unwrap()
+}
+
+type Seen = tokio::sync::mpsc::UnboundedReceiver<(pipe::Fields, Option<bytes::Bytes>)>;
+
+/// Waits for `n` more captured checks and records their ids.
+async fn take(seen: &mut Seen, n: usize, received: &mut Vec<String>) {
+    for _ in 0..n {
+        received.push(next_id(seen, received.len()).await);
+    }
+}
+
+/// The id of the next captured check, `so_far` having come before it.
+async fn next_id(seen: &mut Seen, so_far: usize) -> String {
+    let (fields, _) = tokio::time::timeout(Duration::from_secs(60), seen.recv())
+        .await
+        .unwrap_or_else(|_| panic!("stalled after {so_far} messages"))
+        .unwrap();
+    fields["check_id"].as_str().unwrap().to_owned()
 }

@@ -11,13 +11,16 @@
 //! partitions but keeps polling, so it stays in the consumer group instead of being dropped
 //! after `max.poll.interval.ms`. On a rebalance, positions of revoked partitions are forgotten
 //! (their offsets cannot be stored any more; the new owner re-reads from the last commit), and
-//! nothing is ever stored out of order, so work is neither lost nor rewound.
+//! nothing is ever stored out of order, so work is neither lost nor rewound. A rebalance is
+//! settled as soon as librdkafka runs it, before any message of the new assignment is taken,
+//! and newly assigned partitions take the source's pause state at once.
 //!
 //! Messages that cannot be decoded (bad JSON, an unknown `schema_version`, a missing or mistyped
 //! field, a payload over `max_message_bytes`) become dead-letter events carrying their topic,
 //! partition, offset, error and raw bytes; sinks store them, and consumption goes on.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -29,6 +32,7 @@ use rdkafka::ClientContext;
 use serde::Deserialize;
 use serde_json::Value;
 use slog::{debug, error, info, warn};
+use tokio::sync::Notify;
 
 use crate::ack::{self, AckStatus, Acknowledgements, Completion};
 use crate::check::{CheckResult, SCHEMA_VERSION};
@@ -124,7 +128,8 @@ impl StageConfig for KafkaSourceConfig {
                     options: self.options.clone(),
                 },
                 revoked: Mutex::default(),
-                assigned: Mutex::default(),
+                rebalanced: Notify::new(),
+                paused: AtomicBool::new(false),
             };
             match config.create_with_context::<_, StreamConsumer<KafkaContext>>(context) {
                 Ok(consumer) => Some(consumer),
@@ -152,11 +157,19 @@ impl StageConfig for KafkaSourceConfig {
 /// A partition, as an acknowledgement stream.
 type Partition = (Arc<str>, i32);
 
-/// The consumer's context: logs through slog, and tells the loop about rebalances.
+/// The consumer's context: logs through slog, hands revocations to the loop, and gives new
+/// partitions the pause state of the rest. Its callbacks run inside the loop's own polls.
 struct KafkaContext {
     log: SlogContext,
+    /// Partitions revoked since the loop last looked.
     revoked: Mutex<Vec<Partition>>,
-    assigned: Mutex<bool>,
+    /// Ends the loop's wait after a revocation, so it is settled at once, not after whatever
+    /// the loop waits for next (a message, which may be long coming).
+    rebalanced: Notify,
+    /// Whether the source holds its partitions paused. Partitions assigned meanwhile must
+    /// follow at once, and so must partitions given back: librdkafka keeps a partition's pause
+    /// across a revocation, so one that left paused would come back paused for good.
+    paused: AtomicBool,
 }
 
 impl ClientContext for KafkaContext {
@@ -178,14 +191,23 @@ impl ConsumerContext for KafkaContext {
             for element in partitions.elements() {
                 revoked.push((Arc::from(element.topic()), element.partition()));
             }
+            self.rebalanced.notify_one();
             info!(self.log.logger, "partitions revoked"; "count" => partitions.count());
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(partitions) = rebalance {
-            *self.assigned.lock().expect("not poisoned") = true;
-            info!(self.log.logger, "partitions assigned"; "count" => partitions.count());
+            let paused = self.paused.load(Ordering::Relaxed);
+            let result = if paused {
+                consumer.pause(partitions)
+            } else {
+                consumer.resume(partitions)
+            };
+            if let Err(e) = result {
+                warn!(self.log.logger, "cannot pause or resume assigned partitions"; "error" => %e);
+            }
+            info!(self.log.logger, "partitions assigned"; "count" => partitions.count(), "paused" => paused);
         }
     }
 }
@@ -212,7 +234,17 @@ impl KafkaSource {
         }
     }
 
+    fn is_paused(&self) -> bool {
+        self.consumer.context().paused.load(Ordering::Relaxed)
+    }
+
+    /// Pauses or resumes the whole assignment. Partitions assigned later follow (see
+    /// [`KafkaContext::paused`]).
     fn set_paused(&self, pause: bool, logger: &slog::Logger) {
+        self.consumer
+            .context()
+            .paused
+            .store(pause, Ordering::Relaxed);
         let result = self.consumer.assignment().and_then(|assignment| {
             if pause {
                 self.consumer.pause(&assignment)
@@ -227,40 +259,55 @@ impl KafkaSource {
         }
     }
 
-    /// Applies the rebalances librdkafka ran inside the polls since the last call: revoked
-    /// partitions' positions are forgotten and what we still hold of them is dropped (their
-    /// offsets can no longer be stored; the new owner re-reads from the last commit), and new
-    /// partitions are paused while we are.
+    /// Nothing is held back from the pipeline any more: a paused assignment resumes.
+    fn drained(&self, blocked_since: &mut Option<tokio::time::Instant>, logger: &slog::Logger) {
+        *blocked_since = None;
+        if self.is_paused() {
+            self.set_paused(false, logger);
+        }
+    }
+
+    /// Settles the revocations librdkafka ran inside the polls since the last call: revoked
+    /// partitions' positions are forgotten and the messages we still hold of them are dropped
+    /// (their offsets can no longer be stored; the new owner re-reads from the last commit).
+    /// If that leaves nothing held, the source resumes: paused, with nothing to hand over, it
+    /// would never read again.
     ///
     /// It must run before a message returned by a poll is tracked. One wait for a message can
     /// span a whole rebalance, revoke and then assign, and under the eager protocol a member
     /// gets back partitions it just lost: that first message belongs to the new assignment, and
     /// settling the revocation after tracking it would forget it, so the next message's offset
     /// would be committed over it.
-    fn absorb_rebalances(
+    fn absorb_revocations(
         &self,
         pending: &mut VecDeque<Event>,
+        blocked_since: &mut Option<tokio::time::Instant>,
         acks: &mut Acknowledgements<Partition>,
-        paused: bool,
         logger: &slog::Logger,
     ) {
-        let context = self.consumer.context();
-        let revoked = std::mem::take(&mut *context.revoked.lock().expect("not poisoned"));
-        if !revoked.is_empty() {
-            pending.retain(|event| {
-                event.origin().is_none_or(|o| {
-                    !revoked
-                        .iter()
-                        .any(|(t, p)| **t == *o.topic && *p == o.partition)
-                })
-            });
-            for partition in &revoked {
-                acks.forget(partition);
-            }
+        let revoked = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .revoked
+                .lock()
+                .expect("not poisoned"),
+        );
+        if revoked.is_empty() {
+            return;
         }
-        let newly_assigned = std::mem::take(&mut *context.assigned.lock().expect("not poisoned"));
-        if newly_assigned && paused {
-            self.set_paused(true, logger);
+        pending.retain(|event| {
+            event.origin().is_none_or(|o| {
+                !revoked
+                    .iter()
+                    .any(|(t, p)| **t == *o.topic && *p == o.partition)
+            })
+        });
+        for partition in &revoked {
+            acks.forget(partition);
+        }
+        if pending.is_empty() {
+            self.drained(blocked_since, logger);
         }
     }
 
@@ -346,16 +393,17 @@ impl Source for KafkaSource {
         self.consumer.subscribe(&topics)?;
         let (mut tracker, mut acks) = ack::channel::<Partition>();
         let mut pending: VecDeque<Event> = VecDeque::new();
-        let mut paused = false;
         // When the pipeline started refusing the message at the front of `pending`.
         let mut blocked_since: Option<tokio::time::Instant> = None;
+        let context = self.consumer.context();
 
         let result: Result<(), BoxError> = loop {
-            // A poll that another branch cancelled may have run a rebalance.
-            self.absorb_rebalances(&mut pending, &mut acks, paused, &logger);
+            self.absorb_revocations(&mut pending, &mut blocked_since, &mut acks, &logger);
+            let paused = self.is_paused();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break Ok(()),
+                () = context.rebalanced.notified() => {}
                 Some(done) = acks.next() => {
                     if let Err(e) = self.complete(done, &logger) {
                         break Err(e);
@@ -365,24 +413,18 @@ impl Source for KafkaSource {
                     let Ok(permit) = permit else { break Err(crate::stage::DownstreamClosed.into()) };
                     permit.send(pending.pop_front().expect("not empty"));
                     if pending.is_empty() {
-                        blocked_since = None;
-                        if paused {
-                            self.set_paused(false, &logger);
-                            paused = false;
-                        }
+                        self.drained(&mut blocked_since, &logger);
                     }
                 }
                 () = sleep_until(blocked_since.map(|t| t + PAUSE_AFTER)), if blocked_since.is_some() && !paused => {
                     self.set_paused(true, &logger);
-                    paused = true;
                 }
                 // Taken only when the pipeline has room, or while paused: polling then returns
                 // no messages but serves the group, which is what keeps us in it.
                 message = self.consumer.recv(), if pending.is_empty() || paused => match message {
                     Ok(message) => {
-                        // The wait for this message may have spanned a rebalance, and the
-                        // message then belongs to the new assignment: settle the old one first.
-                        self.absorb_rebalances(&mut pending, &mut acks, paused, &logger);
+                        // Settled before tracking: see absorb_revocations.
+                        self.absorb_revocations(&mut pending, &mut blocked_since, &mut acks, &logger);
                         let event = self.decode(&message);
                         if let Some(error) = event.dead_letter_error() {
                             warn!(logger, "undecodable message: dead letter"; "topic" => message.topic(),
