@@ -440,7 +440,10 @@ impl Source for KafkaSource {
         };
 
         // Stop producing, and let the sinks finish what they have: their completions still
-        // advance the offsets. Events never handed over are forgotten, not failed.
+        // advance the offsets. Events never handed over fail as they are dropped, last in their
+        // partition; the first failure ends the wait, so nothing is stored at or past it, and
+        // what completes after it is read again by the next run (stored once: inserts are
+        // idempotent).
         drop(out);
         drop(pending);
         drop(tracker);
