@@ -24,7 +24,7 @@ use std::time::Duration;
 use pipe::topology::RunOptions;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use support::writer::{ids, stored_ids, wait_for};
 use support::{pipeline, unique_name, writer};
@@ -66,22 +66,7 @@ async fn paused_partitions_resume_mid_batch_without_loss_or_repeats() {
     let mut seen = pipeline::capture(&channel);
     // The sink reads nothing for 8 s after its first event: the pipeline fills, and after 5 s of
     // refusal the source pauses its partitions, then resumes them in the middle of batches.
-    let yaml = format!(
-        "\
-sources:
-  checks:
-    type: kafka
-    brokers: {brokers}
-    topics: [checks]
-    group: {group}
-sinks:
-  out:
-    type: capture
-    inputs: [checks]
-    channel: {channel}
-    hold: 8s
-"
-    );
+    let yaml = captured(&brokers, &group, &channel, "", "    hold: 8s\n");
     let running = pipeline::start(&yaml, RunOptions::default());
     let mut ids = Vec::new();
     while ids.len() < N {
@@ -211,30 +196,16 @@ async fn two_writers_in_one_group_split_the_partitions_and_survive_one_leaving()
 /// source loses all of them and gets the same ones back.
 #[tokio::test]
 async fn a_rebalance_during_an_idle_wait_keeps_the_first_message_after_it() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("checks", 4, 1).unwrap();
-    cluster.create_topic("other", 1, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+    let (_cluster, brokers) = rebalance_cluster();
     let group = unique_name("group");
     let channel = unique_name("idle");
     let mut seen = pipeline::capture(&channel);
-    let yaml = format!(
-        "\
-sources:
-  checks:
-    type: kafka
-    brokers: {brokers}
-    topics: [checks]
-    group: {group}
-{QUICK_REBALANCES}      # Offsets are committed before each rebalance, so nothing is read twice.
+    let options = format!(
+        "{QUICK_REBALANCES}      # Offsets are committed before each rebalance, so nothing is read twice.
       auto.commit.interval.ms: '100'
-sinks:
-  out:
-    type: capture
-    inputs: [checks]
-    channel: {channel}
 "
     );
+    let yaml = captured(&brokers, &group, &channel, &options, "");
     let running = pipeline::start(&yaml, RunOptions::default());
     let checks = writer::checks(400, 40);
     let mut received = Vec::new();
@@ -274,30 +245,18 @@ sinks:
 #[tokio::test]
 async fn a_rebalance_while_paused_leaves_the_source_reading() {
     const N: usize = 2_000;
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("checks", 4, 1).unwrap();
-    cluster.create_topic("other", 1, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+    let (_cluster, brokers) = rebalance_cluster();
     let group = unique_name("group");
     let channel = unique_name("paused");
     let mut seen = pipeline::capture(&channel);
     // The sink reads nothing for 20 s after its first event: after 5 s the source pauses, and
     // the rebalance comes and goes while it is paused.
-    let yaml = format!(
-        "\
-sources:
-  checks:
-    type: kafka
-    brokers: {brokers}
-    topics: [checks]
-    group: {group}
-{QUICK_REBALANCES}sinks:
-  out:
-    type: capture
-    inputs: [checks]
-    channel: {channel}
-    hold: 20s
-"
+    let yaml = captured(
+        &brokers,
+        &group,
+        &channel,
+        QUICK_REBALANCES,
+        "    hold: 20s\n",
     );
     let started = tokio::time::Instant::now();
     let running = pipeline::start(&yaml, RunOptions::default());
@@ -316,6 +275,36 @@ sources:
     running.stop().await.expect("a clean stop");
     drop(other);
     assert_eq!(received, ids(&checks));
+}
+
+/// A pipeline from the `kafka` source (topic `checks`) to a `capture` sink, with more lines for
+/// each.
+fn captured(brokers: &str, group: &str, channel: &str, source: &str, sink: &str) -> String {
+    format!(
+        "\
+sources:
+  checks:
+    type: kafka
+    brokers: {brokers}
+    topics: [checks]
+    group: {group}
+{source}sinks:
+  out:
+    type: capture
+    inputs: [checks]
+    channel: {channel}
+{sink}"
+    )
+}
+
+/// A mock cluster with the topic the source reads (`checks`, 4 partitions) and one for a
+/// second member to join the group with (`other`), and its bootstrap servers.
+fn rebalance_cluster() -> (MockCluster<'static, DefaultProducerContext>, String) {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("checks", 4, 1).unwrap();
+    cluster.create_topic("other", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    (cluster, brokers)
 }
 
 /// A second member of `group`, subscribed to `topic`, once the rebalance that lets it in is
