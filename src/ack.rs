@@ -13,7 +13,7 @@
 //! so the source can commit "everything up to here" safely. The idea follows vector's event
 //! finalizers and rust-rdkafka's `examples/at_least_once.rs`; the code is ours.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -239,6 +239,28 @@ impl<S: Clone + Eq + Hash + Send + Sync + 'static> Acknowledgements<S> {
         self.ready.retain(|c| &c.stream != stream);
     }
 
+    /// For a source that is stopping: waits until the [`Acknowledger`] and every handle are
+    /// gone, and hands `commit` each completion that may be committed, which is, per stream,
+    /// every delivered one before the stream's first failure. A failure stops its own stream
+    /// only, so what other streams finish afterwards is still committed, not read again.
+    pub async fn drain<E>(
+        &mut self,
+        mut commit: impl FnMut(Completion<S>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut failed = HashSet::new();
+        while let Some(done) = self.next().await {
+            if failed.contains(&done.stream) {
+                continue;
+            }
+            if done.status == AckStatus::Failed {
+                failed.insert(done.stream);
+                continue;
+            }
+            commit(done)?;
+        }
+        Ok(())
+    }
+
     /// How many tracked events have not been reported yet.
     pub fn pending(&self) -> usize {
         self.streams.values().map(VecDeque::len).sum()
@@ -321,6 +343,29 @@ mod tests {
         assert!(drain(&mut acks).is_empty(), "a copy is still in flight");
         copy.finish(AckStatus::Failed);
         assert_eq!(drain(&mut acks), vec![(0, 1, AckStatus::Failed)]);
+    }
+
+    #[tokio::test]
+    async fn a_drain_commits_up_to_each_streams_first_failure_and_no_further() {
+        let (mut tracker, mut acks) = channel::<u32>();
+        let a1 = tracker.track(0, 1);
+        let b1 = tracker.track(1, 1);
+        let a2 = tracker.track(0, 2);
+        let a3 = tracker.track(0, 3);
+        drop(tracker);
+        a1.finish(AckStatus::Delivered);
+        drop(a2); // never handled
+        a3.finish(AckStatus::Delivered);
+        // Reported after stream 0's failure, and committed all the same.
+        b1.finish(AckStatus::Delivered);
+        let mut committed = Vec::new();
+        acks.drain(|c| {
+            committed.push((c.stream, c.position));
+            Ok::<_, ()>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(committed, [(0, 1), (1, 1)]);
     }
 
     #[test]

@@ -441,18 +441,13 @@ impl Source for KafkaSource {
 
         // Stop producing, and let the sinks finish what they have: their completions still
         // advance the offsets. Events never handed over fail as they are dropped, last in their
-        // partition; the first failure ends the wait, so nothing is stored at or past it, and
-        // what completes after it is read again by the next run (stored once: inserts are
-        // idempotent).
+        // partition, and so does anything a sink could not finish within the grace period;
+        // nothing is stored at or past a partition's first failure, and the next run reads from
+        // there.
         drop(out);
         drop(pending);
         drop(tracker);
-        while let Some(done) = acks.next().await {
-            if done.status == AckStatus::Failed {
-                break;
-            }
-            self.complete(done, &logger)?;
-        }
+        acks.drain(|done| self.complete(done, &logger)).await?;
         if let Err(e) = self
             .consumer
             .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
