@@ -7,18 +7,21 @@
 //! Debug, so a `ClientConfig` is never logged, and every message built from a librdkafka error
 //! goes through [`redact`] first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 use slog::{debug, error, info, warn};
 
 use crate::config::diagnostic::ConfigError;
+use crate::throttle::RepeatedWarning;
 
 /// A librdkafka setting's value as written in YAML: a string, number or boolean.
 #[derive(Clone, Deserialize, PartialEq)]
@@ -128,6 +131,49 @@ pub fn client_config(
 pub struct SlogContext {
     pub logger: slog::Logger,
     pub options: Options,
+    /// librdkafka reports a down broker on every reconnection attempt: each kind of error is
+    /// logged at most once per [`crate::throttle::PERIOD`], with how long it has lasted.
+    repeats: Mutex<HashMap<String, RepeatedWarning>>,
+    last_error: LastError,
+}
+
+/// The last client-wide error librdkafka reported, redacted: a stage keeps this handle (the
+/// context itself goes into the client) to explain why the cluster is silent.
+#[derive(Clone, Default)]
+pub struct LastError(Arc<Mutex<Option<ReportedError>>>);
+
+/// An error as librdkafka reported it: its code, if it has one, and its redacted text.
+type ReportedError = (Option<RDKafkaErrorCode>, String);
+
+impl LastError {
+    /// The last error, if it says the cluster refuses us for good: a TLS handshake that failed
+    /// (a wrong CA, a missing client certificate, a wrong host name) or a failed
+    /// authentication. A down broker is not one of these: it is waited for.
+    pub fn refusal(&self) -> Option<String> {
+        let last = self.0.lock().expect("not poisoned");
+        match &*last {
+            Some((Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication), text)) => {
+                Some(text.clone())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl SlogContext {
+    pub fn new(logger: slog::Logger, options: Options) -> Self {
+        Self {
+            logger,
+            options,
+            repeats: Mutex::default(),
+            last_error: LastError::default(),
+        }
+    }
+
+    /// A handle on the last error this client reports.
+    pub fn last_error(&self) -> LastError {
+        self.last_error.clone()
+    }
 }
 
 impl ClientContext for SlogContext {
@@ -154,13 +200,24 @@ impl ClientContext for SlogContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        // Broker connection errors repeat while a broker is down; they are worth seeing, once
-        // per occurrence librdkafka reports.
-        warn!(
-            self.logger,
-            "librdkafka: {}",
-            redact(&format!("{error}: {reason}"), &self.options)
-        );
+        let text = redact(&format!("{error}: {reason}"), &self.options);
+        *self.last_error.0.lock().expect("not poisoned") =
+            Some((error.rdkafka_error_code(), text.clone()));
+        let report = self
+            .repeats
+            .lock()
+            .expect("not poisoned")
+            .entry(error.to_string())
+            .or_default()
+            .occurred(Instant::now());
+        if let Some(report) = report {
+            warn!(
+                self.logger,
+                "librdkafka: {text}";
+                "lasted" => crate::config::duration::format_approx(report.lasted),
+                "occurrences" => report.occurrences,
+            );
+        }
     }
 }
 
@@ -263,10 +320,10 @@ mod tests {
         let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
         cluster.create_topic("checks", 1, 1).unwrap();
         let records = std::sync::Arc::default();
-        let context = SlogContext {
-            logger: slog::Logger::root(Capture(std::sync::Arc::clone(&records)), slog::o!()),
-            options: Options::new(),
-        };
+        let context = SlogContext::new(
+            slog::Logger::root(Capture(std::sync::Arc::clone(&records)), slog::o!()),
+            Options::new(),
+        );
         // A group for librdkafka's sake; assign() does not join it.
         let settings = options(&[("group.id", "g")]);
         let config = client_config(&cluster.bootstrap_servers(), &settings, &[]).unwrap();

@@ -13,7 +13,8 @@
 //!   when its events are durably handled;
 //! - [`stages`] holds the built-in stages, and beside it what they share: [`check`] (message
 //!   schema v1), [`schedule`] and [`libcurl`] (the checker's timing and transfers), [`kafka`],
-//!   [`database`] and [`migrate`] (the writer's services), [`secrets`];
+//!   [`database`] and [`migrate`] (the writer's services), [`secrets`], [`throttle`]
+//!   (warnings that repeat while a fault lasts);
 //! - [`cli`] is the `pipe` command line, which other crates call with their own registry to
 //!   ship stages of their own (see `examples/custom_stage.rs`).
 
@@ -33,6 +34,7 @@ pub mod schedule;
 pub mod secrets;
 pub mod stage;
 pub mod stages;
+pub mod throttle;
 pub mod topology;
 
 pub use ack::AckStatus;

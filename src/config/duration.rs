@@ -55,6 +55,14 @@ pub fn format(duration: Duration) -> String {
     format!("{}{name}", millis / u128::from(*factor))
 }
 
+/// Formats a duration to the nearest second, for logs: `0s`, `45s`, `2m`, `150s`.
+pub fn format_approx(duration: Duration) -> String {
+    match duration.as_secs_f64().round() as u64 {
+        0 => "0s".to_owned(),
+        secs => format(Duration::from_secs(secs)),
+    }
+}
+
 struct DurationVisitor;
 
 impl Visitor<'_> for DurationVisitor {
@@ -130,5 +138,8 @@ mod tests {
         assert_eq!(format(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format(Duration::from_secs(120)), "2m");
         assert_eq!(format(Duration::ZERO), "0ms");
+        assert_eq!(format_approx(Duration::from_millis(400)), "0s");
+        assert_eq!(format_approx(Duration::from_millis(119_600)), "2m");
+        assert_eq!(format_approx(Duration::from_millis(44_900)), "45s");
     }
 }
