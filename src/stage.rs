@@ -36,6 +36,15 @@ pub trait Transform: Send {
 /// it), after finishing every event it received.
 #[async_trait]
 pub trait Sink: Send {
+    /// Runs once before any source starts, so that a sink that can never work (its topic or
+    /// table does not exist) stops the pipeline before anything is produced for it. An error
+    /// here fails the run. It must not wait for a service that is down: when it cannot tell
+    /// yet, it returns `Ok` and lets [`Sink::run`] wait as it always does. The default checks
+    /// nothing.
+    async fn preflight(&mut self, _logger: &slog::Logger) -> Result<(), BoxError> {
+        Ok(())
+    }
+
     async fn run(self: Box<Self>, input: Input, cx: SinkContext) -> Result<(), BoxError>;
 }
 

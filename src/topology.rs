@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::compiler::CompiledPipeline;
+use crate::compiler::{CompiledPipeline, CompiledStage};
 use crate::config::duration;
 use crate::event::Event;
 use crate::registry::{BuiltStage, StageKind};
@@ -114,10 +114,13 @@ pub async fn run(
     // Only the writers hold senders now, so a channel closes when its last writer finishes.
     drop(senders);
 
+    let mut stages = pipeline.stages;
+    preflight(&mut stages, &logger).await?;
+
     let shutdown_token = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let mut infos = HashMap::new();
-    for ((stage, output), receiver) in pipeline.stages.into_iter().zip(outputs).zip(receivers) {
+    for ((stage, output), receiver) in stages.into_iter().zip(outputs).zip(receivers) {
         let id: Arc<str> = Arc::from(stage.id.as_str());
         let stage_logger =
             logger.new(o!("stage" => stage.id.clone(), "type" => stage.type_name.clone()));
@@ -243,6 +246,39 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// Runs every sink's [`Sink::preflight`](crate::Sink::preflight) at once, before any stage
+/// starts; the first failure (in pipeline order) fails the run, and every failure is logged.
+async fn preflight(stages: &mut [CompiledStage], logger: &slog::Logger) -> Result<(), RunError> {
+    let checks = stages
+        .iter_mut()
+        .filter_map(|stage| match &mut stage.stage {
+            BuiltStage::Sink(sink) => {
+                let logger =
+                    logger.new(o!("stage" => stage.id.clone(), "type" => stage.type_name.clone()));
+                let (kind, id, type_name) = (stage.kind, stage.id.clone(), stage.type_name.clone());
+                Some(async move {
+                    sink.preflight(&logger)
+                        .await
+                        .map_err(|error| RunError::StageFailed {
+                            kind,
+                            id,
+                            type_name,
+                            error,
+                        })
+                })
+            }
+            _ => None,
+        });
+    let mut first = None;
+    for result in futures::future::join_all(checks).await {
+        if let Err(failure) = result {
+            error!(logger, "stage cannot start"; "error" => %failure);
+            first.get_or_insert(failure);
+        }
+    }
+    first.map_or(Ok(()), Err)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -7,15 +7,24 @@
 //! logged, counted and reported to its source as failed, never dropped silently. On shutdown
 //! the sink waits for outstanding confirmations within the pipeline's grace period and reports
 //! how many were not confirmed; dropping a producer with queued messages would purge them
-//! (rust-rdkafka#518), so it never exits with any left unreported.
+//! (rust-rdkafka#518), so it never exits with any left unreported. A run that lost any message
+//! (failed, or unconfirmed when the grace period ran out) ends with an error giving the counts,
+//! so `pipe run` exits non-zero.
+//!
+//! Managed Kafka (Aiven) does not create topics on demand. Before anything runs, the sink asks
+//! the cluster for its topic's metadata: a reachable cluster without the topic stops the run at
+//! once with an error that says how to create it; an unreachable one is waited for, as ever.
+//! A topic that disappears while running (deleted, or not yet re-created) does not drop
+//! results: each is sent again until `message.timeout.ms` has passed since it was first sent.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Deserialize;
 use serde_json::Value;
 use slog::{error, info, warn};
@@ -23,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::ack::{AckHandle, AckStatus};
 use crate::config::diagnostic::ConfigError;
+use crate::config::duration;
 use crate::kafka::{self, Options, SlogContext};
 use crate::registry::{BuildContext, StageConfig};
 use crate::stage::{BoxError, Input, Sink, SinkContext};
@@ -32,6 +42,9 @@ fn default_key() -> String {
 }
 fn default_max_in_flight() -> usize {
     10_000
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -51,6 +64,10 @@ pub struct KafkaSinkConfig {
     /// Messages awaiting the broker's confirmation at once. Default 10000.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// How long the start-up check of the topic waits for the cluster's answer. Default 10s;
+    /// an unreachable cluster is then waited for while running, not refused.
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
 }
 
 /// Producer settings unless `options` override them: no duplicates on retry, and a message is
@@ -80,13 +97,19 @@ impl StageConfig for KafkaSinkConfig {
                 "at least 1 message must be allowed in flight",
             ));
         }
+        let message_timeout = match message_timeout(&self.options) {
+            Ok(timeout) => timeout,
+            Err(message) => {
+                errors.push(ConfigError::at("options", message));
+                DEFAULT_MESSAGE_TIMEOUT
+            }
+        };
         let config = kafka::client_config(&self.brokers, &self.options, DEFAULTS);
+        let mut last_error = kafka::LastError::default();
         let producer = match config {
             Ok(config) => {
-                let context = SlogContext {
-                    logger: cx.logger.clone(),
-                    options: self.options.clone(),
-                };
+                let context = SlogContext::new(cx.logger.clone(), self.options.clone());
+                last_error = context.last_error();
                 // Creating the producer loads certificates and keys: a missing or unreadable
                 // file is reported now rather than when the first result is ready.
                 match config.create_with_context::<_, FutureProducer<SlogContext>>(context) {
@@ -110,10 +133,33 @@ impl StageConfig for KafkaSinkConfig {
         }
         Ok(Box::new(KafkaSink {
             producer: producer.expect("no errors, so a producer"),
-            topic: self.topic,
+            brokers: self.brokers,
+            topic: self.topic.into(),
             key: self.key,
             max_in_flight: self.max_in_flight,
+            connect_timeout: self.connect_timeout,
+            message_timeout,
+            last_error,
         }))
+    }
+}
+
+/// librdkafka's default `message.timeout.ms`.
+const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long librdkafka tries to deliver a message (`message.timeout.ms`, or its alias
+/// `delivery.timeout.ms`): as long, the sink keeps sending a result whose topic is missing.
+fn message_timeout(options: &kafka::Options) -> Result<Duration, String> {
+    let value = options
+        .get("message.timeout.ms")
+        .or_else(|| options.get("delivery.timeout.ms"));
+    match value {
+        None => Ok(DEFAULT_MESSAGE_TIMEOUT),
+        Some(value) => value
+            .to_string()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| "message.timeout.ms must be a whole number of milliseconds".to_owned()),
     }
 }
 
@@ -137,9 +183,59 @@ fn validate_topic(topic: &str) -> Result<(), String> {
 
 struct KafkaSink {
     producer: FutureProducer<SlogContext>,
-    topic: String,
+    brokers: String,
+    topic: Arc<str>,
     key: String,
     max_in_flight: usize,
+    connect_timeout: Duration,
+    message_timeout: Duration,
+    last_error: kafka::LastError,
+}
+
+/// What the cluster said of the sink's topic at start.
+#[derive(Debug, PartialEq, Eq)]
+enum TopicCheck {
+    Exists,
+    Missing,
+    /// The cluster did not answer (down, unreachable, or refusing our TLS): run, and wait.
+    Unanswered(String),
+    /// It answered with an error other than "no such topic" (not authorised, say).
+    Refused(String),
+}
+
+/// Asks the cluster for `topic`'s metadata. Blocks for up to `timeout`.
+fn check_topic(
+    producer: &FutureProducer<SlogContext>,
+    topic: &str,
+    timeout: Duration,
+) -> TopicCheck {
+    let metadata = match producer.client().fetch_metadata(Some(topic), timeout) {
+        Ok(metadata) => metadata,
+        Err(e) => return TopicCheck::Unanswered(e.to_string()),
+    };
+    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return TopicCheck::Missing;
+    };
+    match found.error().map(RDKafkaErrorCode::from) {
+        None if found.partitions().is_empty() => TopicCheck::Missing,
+        None => TopicCheck::Exists,
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+            TopicCheck::Missing
+        }
+        // A topic just created may have no leader for a moment: it exists.
+        Some(RDKafkaErrorCode::LeaderNotAvailable) => TopicCheck::Exists,
+        Some(code) => TopicCheck::Refused(code.to_string()),
+    }
+}
+
+/// The error for a topic the cluster does not have, with the ways to create it.
+fn missing_topic(topic: &str, brokers: &str) -> String {
+    format!(
+        "topic `{topic}` does not exist on the Kafka cluster at {brokers}, and the sink does not create topics \
+         (managed Kafka such as Aiven does not create them on demand): create it first, with the Aiven console \
+         or `avn service topic-create SERVICE {topic} --partitions 3 --replication 2`, or \
+         `kafka-topics.sh --bootstrap-server {brokers} --create --topic {topic} --partitions 3`"
+    )
 }
 
 /// A message on its way: resolves to its outcome, with the event's acknowledgement handle.
@@ -150,6 +246,54 @@ type Delivery = BoxFuture<'static, (Result<(), KafkaError>, Option<AckHandle>)>;
 struct Tally {
     delivered: u64,
     failed: u64,
+}
+
+/// Is this a delivery error that means "the topic is not there (now)"?
+fn is_missing_topic(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition)
+    )
+}
+
+/// How long to wait before sending again a message whose topic was missing.
+const MISSING_TOPIC_RETRY: Duration = Duration::from_secs(1);
+
+/// Sends one message and waits for the broker's verdict. A missing topic is not final until
+/// `give_up`: the message is sent again every second until then, so a topic deleted and
+/// re-created (or created late) loses nothing. librdkafka retries everything else itself.
+async fn deliver(
+    producer: FutureProducer<SlogContext>,
+    topic: Arc<str>,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    give_up: Instant,
+) -> Result<(), KafkaError> {
+    loop {
+        let mut record = FutureRecord::to(&topic).payload(&payload);
+        if let Some(key) = &key {
+            record = record.key(key);
+        }
+        let outcome = match producer.send_result(record) {
+            Ok(delivery) => match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e),
+                Err(_) => Err(KafkaError::Canceled),
+            },
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                // librdkafka's own queue is full: let deliveries drain a little.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            Err((e, _)) => Err(e),
+        };
+        match outcome {
+            Err(e) if is_missing_topic(&e) && Instant::now() + MISSING_TOPIC_RETRY < give_up => {
+                tokio::time::sleep(MISSING_TOPIC_RETRY).await;
+            }
+            outcome => return outcome,
+        }
+    }
 }
 
 impl Tally {
@@ -190,6 +334,38 @@ fn key_of(value: Option<&Value>) -> Option<Vec<u8>> {
 
 #[async_trait]
 impl Sink for KafkaSink {
+    async fn preflight(&mut self, logger: &slog::Logger) -> Result<(), BoxError> {
+        let (producer, topic, timeout) = (
+            self.producer.clone(),
+            Arc::clone(&self.topic),
+            self.connect_timeout,
+        );
+        let check =
+            tokio::task::spawn_blocking(move || check_topic(&producer, &topic, timeout)).await?;
+        match check {
+            TopicCheck::Exists => Ok(()),
+            TopicCheck::Missing => Err(missing_topic(&self.topic, &self.brokers).into()),
+            TopicCheck::Refused(why) => Err(format!(
+                "the Kafka cluster at {} refused the metadata of topic `{}`: {why}",
+                self.brokers, self.topic
+            )
+            .into()),
+            TopicCheck::Unanswered(why) => match self.last_error.refusal() {
+                // Waiting would not help: say why, now.
+                Some(refusal) => Err(format!(
+                    "cannot connect to the Kafka cluster at {}: {refusal}",
+                    self.brokers
+                )
+                .into()),
+                None => {
+                    warn!(logger, "the Kafka cluster did not answer at start; results wait until it does";
+                          "brokers" => &self.brokers, "topic" => &*self.topic, "error" => why);
+                    Ok(())
+                }
+            },
+        }
+    }
+
     async fn run(self: Box<Self>, mut input: Input, cx: SinkContext) -> Result<(), BoxError> {
         let mut in_flight: FuturesUnordered<Delivery> = FuturesUnordered::new();
         let mut tally = Tally::default();
@@ -209,33 +385,14 @@ impl Sink for KafkaSink {
                     let key = key_of(event.get(&self.key));
                     let (fields, ack) = event.into_parts();
                     let payload = serde_json::to_vec(&fields)?;
-                    loop {
-                        let mut record = FutureRecord::to(&self.topic).payload(&payload);
-                        if let Some(key) = &key {
-                            record = record.key(key);
-                        }
-                        match self.producer.send_result(record) {
-                            Ok(delivery) => {
-                                in_flight.push(Box::pin(async move {
-                                    let outcome = match delivery.await {
-                                        Ok(Ok(_)) => Ok(()),
-                                        Ok(Err((e, _))) => Err(e),
-                                        Err(_) => Err(KafkaError::Canceled),
-                                    };
-                                    (outcome, ack)
-                                }));
-                                break;
-                            }
-                            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                                // librdkafka's own queue is full: let deliveries drain a little.
-                                tokio::time::sleep(Duration::from_millis(5)).await;
-                            }
-                            Err((e, _)) => {
-                                tally.settle(&cx.logger, &self.topic, Err(e), ack);
-                                break;
-                            }
-                        }
-                    }
+                    let delivery = deliver(
+                        self.producer.clone(),
+                        Arc::clone(&self.topic),
+                        key,
+                        payload,
+                        Instant::now() + self.message_timeout,
+                    );
+                    in_flight.push(Box::pin(async move { (delivery.await, ack) }));
                 }
             }
         }
@@ -260,8 +417,15 @@ impl Sink for KafkaSink {
         if unconfirmed > 0 {
             warn!(cx.logger, "messages not confirmed by the broker within the grace period";
                   "count" => unconfirmed);
+        }
+        if tally.failed + unconfirmed > 0 {
             return Err(format!(
-                "{unconfirmed} messages were not confirmed by the broker within the grace period"
+                "{} of {} messages to topic `{}` were not delivered: {} delivered, {} failed, {unconfirmed} not confirmed within the grace period",
+                tally.failed + unconfirmed,
+                tally.delivered + tally.failed + unconfirmed,
+                self.topic,
+                tally.delivered,
+                tally.failed,
             )
             .into());
         }
