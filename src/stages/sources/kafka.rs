@@ -18,6 +18,15 @@
 //! Messages that cannot be decoded (bad JSON, an unknown `schema_version`, a missing or mistyped
 //! field, a payload over `max_message_bytes`) become dead-letter events carrying their topic,
 //! partition, offset, error and raw bytes; sinks store them, and consumption goes on.
+//!
+//! A record batch that librdkafka itself cannot read (it cannot be decompressed or parsed) is
+//! another matter: librdkafka fetches it again and again, that partition never advances, and
+//! the messages behind it are never reached. That is a permanent error: the source stops, and
+//! with it the pipeline, naming the topic, partition, offset and cause, after the sinks have
+//! finished and committed what came before it. rdkafka reports such an error without its
+//! partition, so the source finds it by reading each of its partitions once more from its
+//! position with a private consumer. Transient errors (a broker down, a leader moving) are
+//! retried without end, with a warning at most every 30 s saying how long they have lasted.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +37,7 @@ use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::ClientContext;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use serde::Deserialize;
 use serde_json::Value;
 use slog::{debug, error, info, warn};
@@ -37,10 +46,12 @@ use tokio::sync::Notify;
 use crate::ack::{self, AckStatus, Acknowledgements, Completion};
 use crate::check::{CheckResult, SCHEMA_VERSION};
 use crate::config::diagnostic::ConfigError;
+use crate::config::duration;
 use crate::event::{Event, Origin};
 use crate::kafka::{self, Options, SlogContext};
 use crate::registry::{BuildContext, StageConfig};
 use crate::stage::{BoxError, Source, SourceContext};
+use crate::throttle::RepeatedWarning;
 
 fn default_max_message_bytes() -> usize {
     1 << 20
@@ -121,12 +132,11 @@ impl StageConfig for KafkaSourceConfig {
         if let Some(config) = &mut config {
             config.set("group.id", &self.group);
         }
+        // The same settings serve the private consumer that locates an unreadable batch.
+        let probe_config = config.clone();
         let consumer = config.and_then(|config| {
             let context = KafkaContext {
-                log: SlogContext {
-                    logger: cx.logger.clone(),
-                    options: self.options.clone(),
-                },
+                log: SlogContext::new(cx.logger.clone(), self.options.clone()),
                 revoked: Mutex::default(),
                 rebalanced: Notify::new(),
                 paused: AtomicBool::new(false),
@@ -147,6 +157,7 @@ impl StageConfig for KafkaSourceConfig {
         }
         Ok(Box::new(KafkaSource {
             consumer: consumer.expect("no errors, so a consumer"),
+            probe_config: probe_config.expect("no errors, so a config"),
             topics: self.topics,
             format: self.format,
             max_message_bytes: self.max_message_bytes,
@@ -214,6 +225,7 @@ impl ConsumerContext for KafkaContext {
 
 struct KafkaSource {
     consumer: StreamConsumer<KafkaContext>,
+    probe_config: ClientConfig,
     topics: Vec<String>,
     format: Format,
     max_message_bytes: usize,
@@ -311,6 +323,45 @@ impl KafkaSource {
         }
     }
 
+    /// The error that stops the source on a batch librdkafka cannot read, naming where it is.
+    async fn unreadable(&self, error: &KafkaError, logger: &slog::Logger) -> BoxError {
+        error!(logger, "a record batch cannot be read; finding where it is"; "error" => %error);
+        let positions = self.consumer.position();
+        let config = self.probe_config.clone();
+        let found = match positions {
+            Ok(positions) => {
+                tokio::task::spawn_blocking(move || locate_unreadable(&config, &positions))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            Err(_) => None,
+        };
+        let cause = match error {
+            KafkaError::MessageConsumption(code) | KafkaError::MessageConsumptionFatal(code) => {
+                code.to_string()
+            }
+            other => other.to_string(),
+        };
+        let message = match found {
+            Some(Unreadable {
+                topic,
+                partition,
+                offset,
+            }) => format!(
+                "cannot read topic `{topic}` partition {partition} at offset {offset}: {cause}; \
+                 the record batch there cannot be decompressed or parsed (a codec this build lacks, or a \
+                 corrupt batch), so no message at or after it in that partition can be read; offsets \
+                 before it are committed"
+            ),
+            None => format!(
+                "cannot read a record batch: {cause}; the partition it is in could not be found again, \
+                 so it may have been a passing fault; offsets before it are committed"
+            ),
+        };
+        message.into()
+    }
+
     /// Stores the offset after a completed message, so it is committed.
     fn complete(&self, done: Completion<Partition>, logger: &slog::Logger) -> Result<(), BoxError> {
         let (topic, partition) = &done.stream;
@@ -334,6 +385,92 @@ impl KafkaSource {
             Err(e) => Err(format!("cannot store the offset of {topic}/{partition}: {e}").into()),
         }
     }
+}
+
+/// Is this consumer error one that waiting cannot cure? librdkafka retries fetches and
+/// reconnections itself; these codes mean a batch it fetched cannot be read, so the same batch
+/// would come back with the same error for ever.
+fn is_permanent(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::MessageConsumptionFatal(_) => true,
+        KafkaError::MessageConsumption(code) => matches!(
+            code,
+            RDKafkaErrorCode::BadCompression
+                | RDKafkaErrorCode::NotImplemented
+                | RDKafkaErrorCode::BadMessage
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::UnsupportedCompressionType
+        ),
+        _ => false,
+    }
+}
+
+/// Where an unreadable batch is: a partition and the first offset not yet read from it.
+#[derive(Debug, PartialEq, Eq)]
+struct Unreadable {
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+/// How long the probe reads one partition before deeming it readable.
+const PROBE_PER_PARTITION: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Finds which of `positions` (partitions with the next offset to read, or `Offset::Invalid`
+/// for "from the last commit") holds a batch that fails with a permanent error, by reading
+/// each once with a consumer of our own that joins no group. Blocking.
+fn locate_unreadable(config: &ClientConfig, positions: &TopicPartitionList) -> Option<Unreadable> {
+    let mut config = config.clone();
+    config.set("enable.auto.commit", "false");
+    let probe: BaseConsumer = config.create().ok()?;
+    for element in positions.elements() {
+        let (topic, partition) = (element.topic(), element.partition());
+        let offset = match element.offset() {
+            Offset::Offset(offset) => Some(offset),
+            // Never read in this run: from the last commit, or the start of the partition.
+            _ => {
+                let mut one = TopicPartitionList::new();
+                one.add_partition(topic, partition);
+                let committed = probe
+                    .committed_offsets(one, PROBE_PER_PARTITION)
+                    .ok()
+                    .and_then(|list| list.elements().first().map(|e| e.offset()));
+                match committed {
+                    Some(Offset::Offset(offset)) => Some(offset),
+                    _ => probe
+                        .fetch_watermarks(topic, partition, PROBE_PER_PARTITION)
+                        .ok()
+                        .map(|(low, _)| low),
+                }
+            }
+        };
+        let Some(offset) = offset else { continue };
+        let mut one = TopicPartitionList::new();
+        if one
+            .add_partition_offset(topic, partition, Offset::Offset(offset))
+            .is_err()
+            || probe.assign(&one).is_err()
+        {
+            continue;
+        }
+        let deadline = std::time::Instant::now() + PROBE_PER_PARTITION;
+        while std::time::Instant::now() < deadline {
+            match probe.poll(std::time::Duration::from_millis(100)) {
+                Some(Err(e)) if is_permanent(&e) => {
+                    return Some(Unreadable {
+                        topic: topic.to_owned(),
+                        partition,
+                        offset,
+                    })
+                }
+                // It reads, or there is nothing to read: not this one.
+                Some(Ok(_) | Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(_)) | None => {}
+            }
+        }
+    }
+    None
 }
 
 /// Decodes one payload, or says why it cannot be.
@@ -396,6 +533,7 @@ impl Source for KafkaSource {
         // When the pipeline started refusing the message at the front of `pending`.
         let mut blocked_since: Option<tokio::time::Instant> = None;
         let context = self.consumer.context();
+        let mut consumer_errors = RepeatedWarning::default();
 
         let result: Result<(), BoxError> = loop {
             self.absorb_revocations(&mut pending, &mut blocked_since, &mut acks, &logger);
@@ -423,6 +561,9 @@ impl Source for KafkaSource {
                 // no messages but serves the group, which is what keeps us in it.
                 message = self.consumer.recv(), if pending.is_empty() || paused => match message {
                     Ok(message) => {
+                        if let Some(lasted) = consumer_errors.cleared(std::time::Instant::now()) {
+                            info!(logger, "consuming again after consumer errors"; "lasted" => duration::format_approx(lasted));
+                        }
                         // Settled before tracking: see absorb_revocations.
                         self.absorb_revocations(&mut pending, &mut blocked_since, &mut acks, &logger);
                         let event = self.decode(&message);
@@ -434,7 +575,13 @@ impl Source for KafkaSource {
                         pending.push_back(event.with_ack(tracker.track(stream, message.offset())));
                         blocked_since.get_or_insert_with(tokio::time::Instant::now);
                     }
-                    Err(e) => warn!(logger, "consumer error"; "error" => %kafka::redact(&e.to_string(), &Options::new())),
+                    Err(e) if is_permanent(&e) => break Err(self.unreadable(&e, &logger).await),
+                    Err(e) => {
+                        if let Some(report) = consumer_errors.occurred(std::time::Instant::now()) {
+                            warn!(logger, "consumer error; retrying"; "error" => %e,
+                                  "lasted" => duration::format_approx(report.lasted), "occurrences" => report.occurrences);
+                        }
+                    }
                 },
             }
         };
