@@ -137,25 +137,31 @@ pub struct SlogContext {
     last_error: LastError,
 }
 
-/// The last client-wide error librdkafka reported, redacted: a stage keeps this handle (the
-/// context itself goes into the client) to explain why the cluster is silent.
+/// The last error librdkafka reported that says the cluster refuses us for good: a TLS
+/// handshake that failed (a wrong CA, a missing client certificate, a wrong host name) or a
+/// failed authentication; redacted. A stage keeps this handle (the context itself goes into the
+/// client) to explain why the cluster is silent. A down broker is not a refusal: it is waited
+/// for, and its errors ("all brokers down") do not hide a refusal reported before them.
 #[derive(Clone, Default)]
-pub struct LastError(Arc<Mutex<Option<ReportedError>>>);
-
-/// An error as librdkafka reported it: its code, if it has one, and its redacted text.
-type ReportedError = (Option<RDKafkaErrorCode>, String);
+pub struct LastError(Arc<Mutex<Option<String>>>);
 
 impl LastError {
-    /// The last error, if it says the cluster refuses us for good: a TLS handshake that failed
-    /// (a wrong CA, a missing client certificate, a wrong host name) or a failed
-    /// authentication. A down broker is not one of these: it is waited for.
     pub fn refusal(&self) -> Option<String> {
-        let last = self.0.lock().expect("not poisoned");
-        match &*last {
-            Some((Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication), text)) => {
-                Some(text.clone())
-            }
-            _ => None,
+        self.0.lock().expect("not poisoned").clone()
+    }
+
+    fn record(&self, error: &KafkaError, text: &str) {
+        let refused = match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication) => true,
+            // Under TLS 1.3 the client's handshake is over before the server checks the client
+            // certificate: a missing one comes back as a transport error carrying the server's
+            // alert, in OpenSSL's words ("tlsv13 alert certificate required: SSL alert number
+            // 116").
+            Some(RDKafkaErrorCode::BrokerTransportFailure) => text.contains("SSL alert number"),
+            _ => false,
+        };
+        if refused {
+            *self.0.lock().expect("not poisoned") = Some(text.to_owned());
         }
     }
 }
@@ -201,8 +207,7 @@ impl ClientContext for SlogContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         let text = redact(&format!("{error}: {reason}"), &self.options);
-        *self.last_error.0.lock().expect("not poisoned") =
-            Some((error.rdkafka_error_code(), text.clone()));
+        self.last_error.record(&error, &text);
         let report = self
             .repeats
             .lock()
