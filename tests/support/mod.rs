@@ -12,6 +12,7 @@ pub mod http;
 pub mod pg;
 pub mod pipeline;
 pub mod tls;
+pub mod wire;
 pub mod writer;
 
 use std::net::{TcpStream, ToSocketAddrs};
@@ -100,52 +101,115 @@ pub fn create_database(prefix: &str) -> TestDatabase {
     }
 }
 
-/// A broker of the test's own (tansu, in memory) on 127.0.0.1; stopped when dropped.
+/// A broker of the test's own (tansu) on 127.0.0.1, on the storage engine `scripts/dev-services`
+/// uses (`PIPE_KAFKA_STORAGE`, default SQLite) with its data in a folder of its own; stopped
+/// when dropped.
 pub struct PrivateBroker {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+    advertised: String,
     pub brokers: String,
 }
 
 impl PrivateBroker {
     /// Starts a broker on `port` and waits until it accepts connections.
     pub fn start(port: u16) -> Self {
+        Self::start_advertising(port, &format!("127.0.0.1:{port}"))
+    }
+
+    /// Starts a broker on `port` that tells clients to connect to `advertised` (a proxy in
+    /// front of it, say).
+    pub fn start_advertising(port: u16, advertised: &str) -> Self {
+        let mut broker = Self {
+            child: None,
+            dir: tempfile::tempdir().expect("a folder for the broker's data"),
+            port,
+            advertised: format!("tcp://{advertised}"),
+            brokers: format!("127.0.0.1:{port}"),
+        };
+        broker.resume();
+        broker
+    }
+
+    /// Creates a topic with tansu's own command, which needs no advertised address.
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        let binary = std::env::var("TANSU_BIN").expect("TANSU_BIN: run scripts/test");
+        let out = std::process::Command::new(binary)
+            .args(["topic", "create", topic, "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .args(["--partitions", &partitions.to_string()])
+            .output()
+            .expect("run tansu topic create");
+        assert!(
+            out.status.success(),
+            "cannot create {topic}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the broker (SIGKILL: nothing is flushed on the way out); its data stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port and data. tansu binds without SO_REUSEADDR,
+    /// so right after a stop it may exit with "Address already in use": it is retried.
+    pub fn resume(&mut self) {
         let binary = std::env::var("TANSU_BIN").unwrap_or_else(|_| {
             panic!("TANSU_BIN is not set: run the tests with scripts/test, which builds and names the broker")
         });
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = std::process::Command::new(&binary)
-            .args([
-                "broker",
-                "--storage-engine",
-                "memory://tansu/",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let engine = match std::env::var("PIPE_KAFKA_STORAGE").as_deref() {
+            Ok("memory") => "memory://tansu/",
+            _ => "sqlite://tansu.db",
+        };
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let mut child = std::process::Command::new(&binary)
+                .args([
+                    "broker",
+                    "--storage-engine",
+                    engine,
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &self.advertised,
+                ])
+                .current_dir(self.dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+            loop {
+                if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    self.child = Some(child);
+                    return;
+                }
+                if child.try_wait().expect("the broker's status").is_some() {
+                    break; // most likely the port is still in TIME_WAIT: start it again
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the private broker did not start"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
             assert!(
                 std::time::Instant::now() < deadline,
-                "the private broker did not start"
+                "the private broker kept exiting at start"
             );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            brokers: format!("127.0.0.1:{port}"),
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
 }
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 

@@ -111,6 +111,11 @@ impl Running {
         self.handle.await.expect("the pipeline task")
     }
 
+    /// Waits for the pipeline to end by itself (its sources finished, or a stage failed).
+    pub async fn wait(self) -> Result<(), RunError> {
+        self.handle.await.expect("the pipeline task")
+    }
+
     pub fn is_finished(&self) -> bool {
         self.handle.is_finished()
     }
