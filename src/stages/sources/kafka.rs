@@ -83,6 +83,13 @@ pub struct KafkaSourceConfig {
     /// Larger messages become dead letters. Default 1 MiB.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// This member's static identity in the group (Kafka's `group.instance.id`, KIP-345): a
+    /// name unique to this writer and stable across its restarts, such as the host's name.
+    /// With it, a writer that is killed and started again gets its partitions back at once,
+    /// instead of after its session expires. Two running writers must never share one: the
+    /// broker fences the older. Default: none (dynamic membership).
+    #[serde(default)]
+    pub instance_id: Option<String>,
     /// More librdkafka settings: security.protocol, ssl.*, sasl.*, session.timeout.ms…
     #[serde(default)]
     pub options: Options,
@@ -91,11 +98,19 @@ pub struct KafkaSourceConfig {
 /// Consumer settings unless `options` override them. Offsets are stored by us, after the work
 /// is durable, and committed by librdkafka; a new group reads the backlog, not just new
 /// messages; and prefetching is bounded so memory stays flat behind a backlog.
+///
+/// The session is 10 s (Kafka's own default before 3.0) instead of librdkafka's 45 s: a writer
+/// that dies holds its partitions until its session expires, and a restarted one waits that
+/// long for them (measured on the local broker: 45.8 s with 45 s sessions, 12.8 s with 10 s,
+/// 6.8 s with a static `instance_id`). librdkafka heartbeats from its own thread, so a busy
+/// writer does not miss its session; the heartbeat stays at a third of it, as Kafka advises.
 const DEFAULTS: &[(&str, &str)] = &[
     ("enable.auto.commit", "true"),
     ("enable.auto.offset.store", "false"),
     ("auto.offset.reset", "earliest"),
     ("queued.max.messages.kbytes", "16384"),
+    ("session.timeout.ms", "10000"),
+    ("heartbeat.interval.ms", "3000"),
 ];
 
 /// How long the pipeline may refuse messages before the partitions are paused. Until then the
@@ -129,11 +144,31 @@ impl StageConfig for KafkaSourceConfig {
                 None
             }
         };
+        if self
+            .instance_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            errors.push(ConfigError::at(
+                "instance_id",
+                "the instance id must not be empty: leave it out for dynamic membership",
+            ));
+        }
+        if self.options.contains_key("group.instance.id") {
+            errors.push(ConfigError::at(
+                "options",
+                "set the static member id with `instance_id:`, not in `options`",
+            ));
+        }
         if let Some(config) = &mut config {
             config.set("group.id", &self.group);
         }
-        // The same settings serve the private consumer that locates an unreadable batch.
+        // The same settings serve the private consumer that locates an unreadable batch; it
+        // joins no group, so it takes no member identity.
         let probe_config = config.clone();
+        if let (Some(config), Some(id)) = (&mut config, &self.instance_id) {
+            config.set("group.instance.id", id);
+        }
         let consumer = config.and_then(|config| {
             let context = KafkaContext {
                 log: SlogContext::new(cx.logger.clone(), self.options.clone()),
@@ -158,6 +193,7 @@ impl StageConfig for KafkaSourceConfig {
         Ok(Box::new(KafkaSource {
             consumer: consumer.expect("no errors, so a consumer"),
             probe_config: probe_config.expect("no errors, so a config"),
+            instance_id: self.instance_id,
             topics: self.topics,
             format: self.format,
             max_message_bytes: self.max_message_bytes,
@@ -226,6 +262,7 @@ impl ConsumerContext for KafkaContext {
 struct KafkaSource {
     consumer: StreamConsumer<KafkaContext>,
     probe_config: ClientConfig,
+    instance_id: Option<String>,
     topics: Vec<String>,
     format: Format,
     max_message_bytes: usize,
@@ -338,9 +375,7 @@ impl KafkaSource {
             Err(_) => None,
         };
         let cause = match error {
-            KafkaError::MessageConsumption(code) | KafkaError::MessageConsumptionFatal(code) => {
-                code.to_string()
-            }
+            KafkaError::MessageConsumption(code) => code.to_string(),
             other => other.to_string(),
         };
         let message = match found {
@@ -387,23 +422,32 @@ impl KafkaSource {
     }
 }
 
-/// Is this consumer error one that waiting cannot cure? librdkafka retries fetches and
-/// reconnections itself; these codes mean a batch it fetched cannot be read, so the same batch
-/// would come back with the same error for ever.
-fn is_permanent(error: &KafkaError) -> bool {
-    match error {
-        KafkaError::MessageConsumptionFatal(_) => true,
-        KafkaError::MessageConsumption(code) => matches!(
-            code,
+/// Is this consumer error one that says a batch cannot be read? librdkafka retries fetches
+/// and reconnections itself; these codes mean a batch it fetched cannot be decompressed or
+/// parsed, so the same batch would come back with the same error for ever.
+fn is_unreadable(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageConsumption(
             RDKafkaErrorCode::BadCompression
                 | RDKafkaErrorCode::NotImplemented
                 | RDKafkaErrorCode::BadMessage
                 | RDKafkaErrorCode::InvalidMessage
                 | RDKafkaErrorCode::InvalidRecord
                 | RDKafkaErrorCode::UnsupportedCompressionType
-        ),
-        _ => false,
-    }
+        )
+    )
+}
+
+/// The error for a fatal consumer error: the consumer cannot go on, whatever we wait for.
+fn fatal(code: RDKafkaErrorCode, instance_id: Option<&str>) -> BoxError {
+    let hint = match (code, instance_id) {
+        (RDKafkaErrorCode::FencedInstanceId, Some(id)) => {
+            format!("; another running writer uses instance_id `{id}`: give each writer its own")
+        }
+        _ => String::new(),
+    };
+    format!("the Kafka consumer hit a fatal error: {code}{hint}").into()
 }
 
 /// Where an unreadable batch is: a partition and the first offset not yet read from it.
@@ -457,7 +501,7 @@ fn locate_unreadable(config: &ClientConfig, positions: &TopicPartitionList) -> O
         let deadline = std::time::Instant::now() + PROBE_PER_PARTITION;
         while std::time::Instant::now() < deadline {
             match probe.poll(std::time::Duration::from_millis(100)) {
-                Some(Err(e)) if is_permanent(&e) => {
+                Some(Err(e)) if is_unreadable(&e) => {
                     return Some(Unreadable {
                         topic: topic.to_owned(),
                         partition,
@@ -575,7 +619,8 @@ impl Source for KafkaSource {
                         pending.push_back(event.with_ack(tracker.track(stream, message.offset())));
                         blocked_since.get_or_insert_with(tokio::time::Instant::now);
                     }
-                    Err(e) if is_permanent(&e) => break Err(self.unreadable(&e, &logger).await),
+                    Err(e) if is_unreadable(&e) => break Err(self.unreadable(&e, &logger).await),
+                    Err(KafkaError::MessageConsumptionFatal(code)) => break Err(fatal(code, self.instance_id.as_deref())),
                     Err(e) => {
                         if let Some(report) = consumer_errors.occurred(std::time::Instant::now()) {
                             warn!(logger, "consumer error; retrying"; "error" => %e,
