@@ -1,0 +1,541 @@
+//! The fault suite: real `pipe` processes against the local services of `scripts/dev-services`,
+//! batched data on three partitions, and the faults an operator meets: a writer killed again
+//! and again, the broker stopped under a running checker and writer, PostgreSQL stopped or not
+//! yet up. Each test prints what it saw (stored, distinct, dead letters, seconds).
+//!
+//! These tests stop and start the shared services, so they must not run beside the other
+//! tests: the target is left out of a plain `cargo test` (`test = false` in Cargo.toml), and
+//! `scripts/test` runs it on its own after the rest. Inside it, one test runs at a time.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use support::writer::{self, ids, scalar, scalar_or_minus_one, stored_ids, wait_for};
+use support::{http, unique_name};
+
+/// One test at a time: each stops services the others use. (tokio's lock does not poison, so a
+/// failed test does not fail the ones after it.)
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const TWO_MINUTES: Duration = Duration::from_secs(120);
+
+/// `scripts/dev-services ARGS`, which must succeed.
+fn dev_services(args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-services");
+    let status = Command::new(&script)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(status.success(), "scripts/dev-services {args:?} failed");
+}
+
+/// Stops one service for the length of a test section, and always starts it again, even when
+/// the test fails, so the next test finds it running.
+struct Stopped(&'static str);
+
+impl Stopped {
+    fn service(name: &'static str) -> Self {
+        dev_services(&["stop", name]);
+        Self(name)
+    }
+
+    fn start(self) {
+        dev_services(&["start", self.0]);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        dev_services(&["start", self.0]);
+    }
+}
+
+/// A `pipe run` process, its log kept in a file for the failure message.
+struct Pipe {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Pipe {
+    fn start(file: &Path, name: &str) -> Self {
+        let log = file.with_file_name(format!("{name}-{}.log", unique_name("run")));
+        let child = Command::new(env!("CARGO_BIN_EXE_pipe"))
+            .args(["run", file.to_str().unwrap(), "--log-level", "debug"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM, then its exit code.
+    fn stop(mut self) -> Option<i32> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap().code()
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A small PRNG (xorshift64*), seeded from the clock and printed, so a failing run's random
+/// moments can be told apart.
+struct Random(u64);
+
+impl Random {
+    fn new() -> Self {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        println!("random seed {seed}");
+        Self(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn new_database(prefix: &'static str) -> support::TestDatabase {
+    tokio::task::spawn_blocking(move || support::create_database(prefix))
+        .await
+        .unwrap()
+}
+
+const COUNT: &str = "SELECT count(*) FROM checks";
+
+/// The source settings of a writer with a static identity, the same across its restarts, as
+/// an operator's service unit gives it. The writers killed here use one because tansu 0.6.0's
+/// group coordinator cannot get over the death of a dynamic member in every case: a writer
+/// started at once after a SIGKILL sometimes joins a generation whose leader is the dead
+/// writer (librdkafka: "JoinGroup response: GenerationId 1, ... LeaderId <the dead member>"),
+/// then gets an empty assignment ("SyncGroup response: Success (0 bytes of MemberState
+/// data)") and holds no partition for ever. Apache Kafka would drop the dead member when its
+/// session ended and form a new generation; see the README.
+fn static_member() -> String {
+    format!("    instance_id: {}\n", unique_name("writer"))
+}
+
+/// Waits until the writer has stored more than `rows` (or `timeout` passes); the count then.
+async fn wait_for_more(url: &str, rows: i64, timeout: Duration) -> i64 {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let now = scalar_or_minus_one(url, COUNT).await;
+        if now > rows || tokio::time::Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_writer_killed_five_times_and_a_postgres_restart_store_every_check_once() {
+    let _serial = SERIAL.lock().await;
+    const N: usize = 50_000;
+    const RESENT: usize = 5_000;
+    const POISON: usize = 100;
+    let started = Instant::now();
+    let brokers = support::kafka_brokers();
+    let topic = support::create_topic("killed", 3).await;
+    let db = new_database("killed").await;
+    let checks = writer::checks(N, 200);
+    writer::produce(&brokers, &topic, &checks).await;
+    // Re-sent duplicates, as a checker whose confirmation was lost sends them again, and
+    // poison: two kinds of message no writer can store.
+    writer::produce(&brokers, &topic, &checks[..RESENT]).await;
+    let poison: Vec<(String, Vec<u8>)> = (0..POISON)
+        .map(|i| {
+            let payload = if i % 2 == 0 {
+                format!("{{not json {i}").into_bytes()
+            } else {
+                format!("{{\"schema_version\": 99, \"n\": {i}}}").into_bytes()
+            };
+            (format!("poison-{i}"), payload)
+        })
+        .collect();
+    writer::produce_raw(&brokers, &topic, &poison).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        dir.path(),
+        "writer.yaml",
+        &writer::writer_yaml(
+            &brokers,
+            &topic,
+            &unique_name("group"),
+            &db.url,
+            &static_member(),
+        ),
+    );
+    let mut random = Random::new();
+    let mut kills = Vec::new();
+    let mut stored = 0;
+    for round in 0..5 {
+        let mut writer = Pipe::start(&file, "writer");
+        // A random moment, within 0.4 s of this writer storing something of its own: it
+        // stores thousands of checks a second, and 50,000 must outlast six writers.
+        let more = wait_for_more(&db.url, stored, TWO_MINUTES).await;
+        assert!(
+            more > stored,
+            "writer {round} stored nothing; log:\n{}",
+            writer.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(random.below(400))).await;
+        writer.kill(); // SIGKILL: no drain, no final commit
+        stored = scalar(&db.url, COUNT).await;
+        kills.push(stored);
+        assert!(
+            (stored as usize) < N,
+            "killed after the end ({stored} rows): the test proves nothing; log:\n{}",
+            writer.log_tail()
+        );
+        if round == 2 {
+            // PostgreSQL restarted while the next writer starts.
+            let postgres = Stopped::service("postgres");
+            let writer = Pipe::start(&file, "writer");
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            postgres.start();
+            let more = wait_for_more(&db.url, stored, TWO_MINUTES).await;
+            assert!(
+                more > stored,
+                "no progress after PostgreSQL restarted; log:\n{}",
+                writer.log_tail()
+            );
+            drop(writer); // killed
+            stored = scalar(&db.url, COUNT).await;
+            kills.push(stored);
+        }
+    }
+    let last = Pipe::start(&file, "writer");
+    let final_count = wait_for(&db.url, COUNT, N as i64, TWO_MINUTES).await;
+    let dead = wait_for(
+        &db.url,
+        "SELECT count(*) FROM dead_letters",
+        POISON as i64,
+        Duration::from_secs(10),
+    )
+    .await;
+    let log = last.log_tail();
+    let code = last.stop();
+    let distinct = scalar(&db.url, "SELECT count(DISTINCT check_id) FROM checks").await;
+    let dead_positions = scalar(
+        &db.url,
+        "SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM dead_letters",
+    )
+    .await;
+    println!(
+        "killed at {kills:?} rows; stored {final_count}, distinct {distinct}, lost {}, dead letters {dead} ({dead_positions} positions) of {POISON} poison, {:.1} s",
+        N as i64 - distinct,
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(final_count, N as i64, "log:\n{log}");
+    assert_eq!(distinct, N as i64);
+    assert_eq!(stored_ids(&db.url).await, ids(&checks));
+    assert_eq!(
+        dead, POISON as i64,
+        "every poison message dead-lettered once"
+    );
+    assert_eq!(dead_positions, POISON as i64);
+    assert_eq!(code, Some(0), "the last writer stops cleanly; log:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_broker_stopped_for_15_s_under_a_checker_and_a_writer_loses_no_slot() {
+    let _serial = SERIAL.lock().await;
+    const TARGETS: usize = 10;
+    let started = Instant::now();
+    let server = http::start().await;
+    let brokers = support::kafka_brokers();
+    let topic = support::create_topic("outage", 3).await;
+    let db = new_database("outage").await;
+    let dir = tempfile::tempdir().unwrap();
+    let targets: String = (0..TARGETS)
+        .map(|i| {
+            format!(
+                "      - {{ name: site-{i}, url: '{}' }}\n",
+                server.url("/ok")
+            )
+        })
+        .collect();
+    let checker_file = write_file(
+        dir.path(),
+        "checker.yaml",
+        &format!(
+            "\
+sources:
+  probe:
+    type: http_probe
+    interval: 1s
+    targets:
+{targets}sinks:
+  kafka:
+    type: kafka
+    inputs: [probe]
+    brokers: {brokers}
+    topic: {topic}
+"
+        ),
+    );
+    let writer_file = write_file(
+        dir.path(),
+        "writer.yaml",
+        &writer::writer_yaml(&brokers, &topic, &unique_name("group"), &db.url, ""),
+    );
+    let checker = Pipe::start(&checker_file, "checker");
+    let writer = Pipe::start(&writer_file, "writer");
+    let before = wait_for_more(&db.url, 5 * TARGETS as i64, TWO_MINUTES).await;
+    let broker = Stopped::service("kafka");
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    broker.start();
+    // Ten more seconds of checks after the broker is back.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let checker_log = checker.log_tail();
+    let checker_code = checker.stop();
+    assert_eq!(
+        checker_code,
+        Some(0),
+        "the checker delivered everything; log:\n{checker_log}"
+    );
+    // The writer catches up: nothing new for 5 s.
+    let mut rows = scalar(&db.url, COUNT).await;
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(5) {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the writer never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = scalar(&db.url, COUNT).await;
+        if now != rows {
+            rows = now;
+            quiet_since = Instant::now();
+        }
+    }
+    let writer_log = writer.log_tail();
+    assert_eq!(writer.stop(), Some(0), "log:\n{writer_log}");
+
+    let slots = support::writer::strings(
+        &db.url,
+        "SELECT target || ' ' || (extract(epoch FROM checked_at) * 1000)::bigint FROM check_results",
+    )
+    .await;
+    let mut per_target: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for slot in &slots {
+        let (target, ms) = slot.split_once(' ').unwrap();
+        per_target
+            .entry(target.to_owned())
+            .or_default()
+            .push(ms.parse().unwrap());
+    }
+    let distinct = scalar(&db.url, "SELECT count(DISTINCT check_id) FROM checks").await;
+    let mut gaps = Vec::new();
+    for (target, slots) in &mut per_target {
+        slots.sort_unstable();
+        for pair in slots.windows(2) {
+            if pair[1] - pair[0] != 1_000 {
+                gaps.push(format!("{target}: {} -> {}", pair[0], pair[1]));
+            }
+        }
+    }
+    let spans: Vec<i64> = per_target
+        .values()
+        .map(|s| (s[s.len() - 1] - s[0]) / 1_000 + 1)
+        .collect();
+    println!(
+        "stored {rows} ({before} before the outage), distinct {distinct}, {} targets, slots per target {spans:?}, gaps {}, {:.1} s",
+        per_target.len(),
+        gaps.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(per_target.len(), TARGETS);
+    assert_eq!(rows, distinct, "no check stored twice");
+    assert!(gaps.is_empty(), "every slot stored, none missing: {gaps:?}");
+    assert!(
+        spans.iter().all(|&n| n >= 30),
+        "each target's slots span the outage: {spans:?}"
+    );
+    assert_eq!(rows, spans.iter().sum::<i64>());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_stopped_for_30_s_under_a_running_writer_loses_and_repeats_nothing() {
+    let _serial = SERIAL.lock().await;
+    const N: usize = 20_000;
+    let started = Instant::now();
+    let brokers = support::kafka_brokers();
+    let topic = support::create_topic("pgdown", 3).await;
+    let db = new_database("pgdown").await;
+    let checks = writer::checks(N, 40);
+    writer::produce(&brokers, &topic, &checks).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        dir.path(),
+        "writer.yaml",
+        &writer::writer_yaml(&brokers, &topic, &unique_name("group"), &db.url, ""),
+    );
+    let mut writer = Pipe::start(&file, "writer");
+    let at_stop = wait_for_more(&db.url, 1_000, TWO_MINUTES).await;
+    let postgres = Stopped::service("postgres");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        writer.is_running(),
+        "the writer waits for the database instead of failing; log:\n{}",
+        writer.log_tail()
+    );
+    postgres.start();
+    let recovered = Instant::now();
+    let stored = wait_for(&db.url, COUNT, N as i64, TWO_MINUTES).await;
+    let caught_up = recovered.elapsed();
+    let log = writer.log_tail();
+    let code = writer.stop();
+    let distinct = scalar(&db.url, "SELECT count(DISTINCT check_id) FROM checks").await;
+    println!(
+        "{at_stop} stored when PostgreSQL stopped; stored {stored}, distinct {distinct}, lost {}, caught up {:.1} s after the restart, {:.1} s",
+        N as i64 - distinct,
+        caught_up.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(stored, N as i64, "log:\n{log}");
+    assert_eq!(stored_ids(&db.url).await, ids(&checks));
+    assert_eq!(
+        code,
+        Some(0),
+        "recovered by itself and stops cleanly; log:\n{log}"
+    );
+}
+
+/// Kills a writer that is storing, starts it again at once, and returns how long after the
+/// kill the new one stored its first row; checks that it then stores everything once.
+async fn restart_at_once(extra_source: &str) -> Duration {
+    const N: usize = 20_000;
+    let brokers = support::kafka_brokers();
+    let topic = support::create_topic("rejoin", 3).await;
+    let db = new_database("rejoin").await;
+    let checks = writer::checks(N, 40);
+    writer::produce(&brokers, &topic, &checks).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        dir.path(),
+        "writer.yaml",
+        &writer::writer_yaml(
+            &brokers,
+            &topic,
+            &unique_name("group"),
+            &db.url,
+            extra_source,
+        ),
+    );
+    let mut first = Pipe::start(&file, "writer");
+    wait_for_more(&db.url, 1_000, TWO_MINUTES).await;
+    first.kill();
+    let killed = Instant::now();
+    let second = Pipe::start(&file, "writer");
+    // Transactions the first writer had sent may still commit just after it died.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_kill = scalar(&db.url, COUNT).await;
+    let next = wait_for_more(&db.url, at_kill, Duration::from_secs(60)).await;
+    let first_new_row = killed.elapsed();
+    let stored = wait_for(&db.url, COUNT, N as i64, TWO_MINUTES).await;
+    let log = second.log_tail();
+    let code = second.stop();
+    println!(
+        "killed at {at_kill} rows; the new writer stored its first row {:.1} s after the kill ({next} rows), then {stored} of {N}",
+        first_new_row.as_secs_f64()
+    );
+    assert_eq!(stored, N as i64, "log:\n{log}");
+    assert_eq!(stored_ids(&db.url).await, ids(&checks));
+    assert_eq!(code, Some(0), "log:\n{log}");
+    first_new_row
+}
+
+/// With a static `instance_id` (KIP-345, which tansu 0.6.0 honours), the broker hands the dead
+/// writer's partitions to its restarted self at once, without waiting for its session to end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_writer_killed_and_started_again_at_once_stores_within_15_s() {
+    let _serial = SERIAL.lock().await;
+    let first_new_row = restart_at_once(&static_member()).await;
+    assert!(
+        first_new_row < Duration::from_secs(15),
+        "{:.1} s",
+        first_new_row.as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_writer_started_before_postgres_waits_then_stores_everything() {
+    let _serial = SERIAL.lock().await;
+    const N: usize = 5_000;
+    let started = Instant::now();
+    let brokers = support::kafka_brokers();
+    let topic = support::create_topic("pglate", 3).await;
+    let db = new_database("pglate").await;
+    let checks = writer::checks(N, 10);
+    writer::produce(&brokers, &topic, &checks).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        dir.path(),
+        "writer.yaml",
+        &writer::writer_yaml(&brokers, &topic, &unique_name("group"), &db.url, ""),
+    );
+    let postgres = Stopped::service("postgres");
+    let mut writer = Pipe::start(&file, "writer");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        writer.is_running(),
+        "the writer waits for PostgreSQL; log:\n{}",
+        writer.log_tail()
+    );
+    postgres.start();
+    let up = Instant::now();
+    let stored = wait_for(&db.url, COUNT, N as i64, TWO_MINUTES).await;
+    let after = up.elapsed();
+    let log = writer.log_tail();
+    let code = writer.stop();
+    println!(
+        "stored {stored} of {N}, {:.1} s after PostgreSQL came up, {:.1} s in all",
+        after.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(stored, N as i64, "log:\n{log}");
+    assert_eq!(stored_ids(&db.url).await, ids(&checks));
+    assert_eq!(code, Some(0), "log:\n{log}");
+}
