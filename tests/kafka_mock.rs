@@ -1,11 +1,12 @@
-//! The `kafka` source's pause and resume, and two writers sharing a consumer group, proven
-//! against librdkafka's in-process mock cluster.
+//! Two writers sharing a consumer group, and rebalances while the `kafka` source waits or is
+//! paused, proven against librdkafka's in-process mock cluster.
 //!
-//! Why not the local broker: tansu 0.6.0 returns nothing for a fetch that starts inside a
-//! record batch, and that is exactly what a consumer asks for when it resumes paused partitions
-//! (librdkafka drops its cached messages on pause and refetches from the next offset). Apache
-//! Kafka returns the containing batch, as the mock cluster does. The assertions are the ones the
-//! tansu-based tests make.
+//! Why not the local broker: these tests need rebalances on cue, which the mock cluster gives
+//! with short sessions, and tansu 0.6.0's coordinator sometimes makes a member that left the
+//! leader of the next generation, leaving the others with no partition (see the README). The
+//! pause and resume in the middle of batches, which used to be here because tansu's memory
+//! engine could not serve a fetch from inside a batch, runs against the local broker now
+//! (tests/writer.rs).
 //!
 //! Rebalances: a member that waits for a message while the group rebalances gets, at the end
 //! of that one wait, the first message of its new assignment. Before the source settled the
@@ -28,90 +29,6 @@ use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use support::writer::{ids, stored_ids, wait_for};
 use support::{pipeline, unique_name, writer};
-
-#[tokio::test]
-async fn paused_partitions_resume_mid_batch_without_loss_or_repeats() {
-    const N: usize = 5_000;
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("checks", 3, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-
-    // Many records per batch, as a real checker produces them.
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "50")
-        .set("batch.num.messages", "1000")
-        .create()
-        .unwrap();
-    let checks = writer::checks(N, 30);
-    let sends = checks.iter().map(|c| {
-        let payload = serde_json::to_vec(c).unwrap();
-        let key = c.target.clone();
-        let producer = &producer;
-        async move {
-            producer
-                .send(
-                    FutureRecord::to("checks").key(&key).payload(&payload),
-                    Duration::from_secs(10),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .unwrap()
-        }
-    });
-    futures::future::join_all(sends).await;
-
-    let channel = unique_name("mock");
-    let group = unique_name("group");
-    let mut seen = pipeline::capture(&channel);
-    // The sink reads nothing for 8 s after its first event: the pipeline fills, and after 5 s of
-    // refusal the source pauses its partitions, then resumes them in the middle of batches.
-    let yaml = captured(&brokers, &group, &channel, "", "    hold: 8s\n");
-    let running = pipeline::start(&yaml, RunOptions::default());
-    let mut ids = Vec::new();
-    while ids.len() < N {
-        let (fields, _) = tokio::time::timeout(Duration::from_secs(60), seen.recv())
-            .await
-            .unwrap_or_else(|_| panic!("stalled after {} of {N}", ids.len()))
-            .unwrap();
-        ids.push(fields["check_id"].as_str().unwrap().to_owned());
-    }
-    // Anything more would be a repeat.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    while let Ok((fields, _)) = seen.try_recv() {
-        ids.push(fields["check_id"].as_str().unwrap().to_owned());
-    }
-    running.stop().await.expect("a clean stop");
-    assert_eq!(ids.len(), N, "every message once, none repeated");
-    let unique: BTreeSet<&String> = ids.iter().collect();
-    assert_eq!(unique.len(), N);
-
-    // The group's committed offsets reached the end of every partition.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", &group)
-        .create()
-        .unwrap();
-    let mut partitions = TopicPartitionList::new();
-    for p in 0..3 {
-        partitions.add_partition("checks", p);
-    }
-    let committed = consumer
-        .committed_offsets(partitions, Duration::from_secs(10))
-        .unwrap();
-    let total: i64 = committed
-        .elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => o,
-            other => panic!(
-                "partition {} has no committed offset: {other:?}",
-                e.partition()
-            ),
-        })
-        .sum();
-    assert_eq!(total, N as i64);
-}
 
 /// Source options for tests that rebalance: the mock cluster waits a session timeout less one
 /// second for the members of a formed group to rejoin (45 s by default).
