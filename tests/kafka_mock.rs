@@ -25,8 +25,8 @@ use std::time::Duration;
 use pipe::topology::RunOptions;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::ClientConfig;
 use support::writer::{ids, stored_ids, wait_for};
 use support::{pipeline, unique_name, writer};
 
