@@ -492,3 +492,52 @@ sinks:
     .unwrap();
     assert_eq!(committed.elements()[0].offset(), Offset::Offset(40));
 }
+
+/// A topic that is missing while results are made (a broker that came up without it, as
+/// after a deletion) and created 5 s later: librdkafka gives up on each result after
+/// `topic.metadata.propagation.max.ms` (1 s here), the sink sends it again every second, and
+/// every result lands once the topic is there; the run ends well. (Deleting the topic under a
+/// running tansu 0.6.0 cannot stand in for this: it then answers produce requests with
+/// UNKNOWN_SERVER_ERROR and refuses to create the topic again; see the README.)
+#[tokio::test(flavor = "multi_thread")]
+async fn results_for_a_missing_topic_wait_until_it_exists() {
+    const N: usize = 20;
+    let port = support::http::closed_port();
+    let topic = unique_name("late_topic");
+    let yaml = format!(
+        "\
+sources:
+  gen:
+    type: generate
+    interval: 50ms
+    count: {N}
+    fields: {{ target: site, up: true }}
+sinks:
+  kafka:
+    type: kafka
+    inputs: [gen]
+    brokers: 127.0.0.1:{port}
+    topic: {topic}
+    connect_timeout: 1s
+    options: {{ topic.metadata.propagation.max.ms: 1000 }}
+"
+    );
+    // No broker at start: the check finds nobody, and the results wait.
+    let running = pipeline::start(&yaml, RunOptions::default());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let broker = tokio::task::block_in_place(|| support::PrivateBroker::start(port));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!running.is_finished(), "the results wait for their topic");
+    let created = std::time::Instant::now();
+    broker.create_topic(&topic, 1);
+    tokio::time::timeout(Duration::from_secs(60), running.wait())
+        .await
+        .expect("the run ends once the topic exists")
+        .expect("no result was dropped");
+    println!(
+        "all {N} results sent {:.1} s after the topic was created",
+        created.elapsed().as_secs_f64()
+    );
+    let messages = support::consume_all(&broker.brokers, &topic, N).await;
+    assert_eq!(messages.len(), N, "every result once");
+}

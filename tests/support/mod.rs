@@ -134,16 +134,26 @@ impl PrivateBroker {
 
     /// Creates a topic with tansu's own command, which needs no advertised address.
     pub fn create_topic(&self, topic: &str, partitions: u32) {
+        self.topic_command(&["create", topic, "--partitions", &partitions.to_string()]);
+    }
+
+    /// Deletes a topic, with tansu's own command.
+    pub fn delete_topic(&self, topic: &str) {
+        self.topic_command(&["delete", topic]);
+    }
+
+    fn topic_command(&self, args: &[&str]) {
         let binary = std::env::var("TANSU_BIN").expect("TANSU_BIN: run scripts/test");
         let out = std::process::Command::new(binary)
-            .args(["topic", "create", topic, "--broker"])
+            .arg("topic")
+            .args(args)
+            .arg("--broker")
             .arg(format!("tcp://127.0.0.1:{}", self.port))
-            .args(["--partitions", &partitions.to_string()])
             .output()
-            .expect("run tansu topic create");
+            .expect("run tansu topic");
         assert!(
             out.status.success(),
-            "cannot create {topic}: {}",
+            "tansu topic {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -152,6 +162,16 @@ impl PrivateBroker {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM: tansu's own shutdown.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
             let _ = child.wait();
         }
     }
