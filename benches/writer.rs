@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo bench --bench writer -- copy --rows 200000
 //! cargo bench --bench writer -- backlog --messages 1000000
+//! cargo bench --bench writer -- consume --messages 200000
 //! ```
 
 use std::collections::HashMap;
@@ -295,10 +296,9 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-fn backlog_mode(messages: usize) {
-    let brokers = std::env::var("KAFKA_BROKERS")
-        .expect("KAFKA_BROKERS: run this through scripts/bench-writer");
-    let topic = format!("bench_backlog_{}", std::process::id());
+/// Creates `topic` (3 partitions) and publishes `messages` checks to it in real batches, as a
+/// checker under load writes them.
+fn produce_checks(brokers: &str, topic: &str, messages: usize) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let data = checks(messages, 1000);
     let produce_started = Instant::now();
@@ -306,27 +306,25 @@ fn backlog_mode(messages: usize) {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
         use rdkafka::producer::{FutureProducer, FutureRecord};
         let admin: AdminClient<_> = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
+            .set("bootstrap.servers", brokers)
             .create()
             .unwrap();
         admin
             .create_topics(
-                &[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
+                &[NewTopic::new(topic, 3, TopicReplication::Fixed(1))],
                 &AdminOptions::new(),
             )
             .await
             .unwrap();
-        // One record per batch: see tests/support/writer.rs (tansu 0.6.0 and mid-batch fetches).
         let producer: Arc<FutureProducer> = Arc::new(
             rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .set("batch.num.messages", "1")
+                .set("bootstrap.servers", brokers)
+                .set("linger.ms", "20")
                 .set("queue.buffering.max.messages", "1000000")
                 .create()
                 .unwrap(),
         );
         for chunk in data.chunks(10_000) {
-            let topic = topic.as_str();
             let sends = chunk.iter().map(|c| {
                 let producer = Arc::clone(&producer);
                 let payload = serde_json::to_vec(c).unwrap();
@@ -349,6 +347,51 @@ fn backlog_mode(messages: usize) {
         "produced {messages} messages in {:.1}s",
         produce_started.elapsed().as_secs_f64()
     );
+}
+
+/// The broker's raw consume rate: a fresh group reads every message of a fresh topic from
+/// offset 0 with a bare librdkafka consumer (no decoding, no sink), what bounds the writer from
+/// the broker's side.
+fn consume_mode(messages: usize) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let brokers = std::env::var("KAFKA_BROKERS")
+        .expect("KAFKA_BROKERS: run this through scripts/bench-writer");
+    let topic = format!("bench_consume_{}", std::process::id());
+    produce_checks(&brokers, &topic, messages);
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("bench_consume_{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut started = None;
+    let mut received = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while received < messages && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => {
+                started.get_or_insert_with(Instant::now);
+                received += 1;
+            }
+            Some(Err(e)) => eprintln!("consume error: {e}"),
+            None => {}
+        }
+    }
+    let elapsed = started.map_or(Duration::ZERO, |t| t.elapsed());
+    println!(
+        "consumed {received} of {messages} in {:.1}s = {:.0} messages/s (from the first message)",
+        elapsed.as_secs_f64(),
+        received as f64 / elapsed.as_secs_f64()
+    );
+}
+
+fn backlog_mode(messages: usize) {
+    let brokers = std::env::var("KAFKA_BROKERS")
+        .expect("KAFKA_BROKERS: run this through scripts/bench-writer");
+    let topic = format!("bench_backlog_{}", std::process::id());
+    produce_checks(&brokers, &topic, messages);
     let url = fresh_database("bench_backlog");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("writer.yaml");
@@ -410,8 +453,11 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("copy") => copy_mode(number("--rows", 200_000)),
         Some("backlog") => backlog_mode(number("--messages", 1_000_000)),
+        Some("consume") => consume_mode(number("--messages", 200_000)),
         _ => {
-            eprintln!("usage: writer copy [--rows N] | backlog [--messages N]");
+            eprintln!(
+                "usage: writer copy [--rows N] | backlog [--messages N] | consume [--messages N]"
+            );
             std::process::exit(2);
         }
     }
