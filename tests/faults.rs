@@ -141,6 +141,45 @@ async fn new_database(prefix: &'static str) -> support::TestDatabase {
         .unwrap()
 }
 
+/// A topic holding `n` checks over `targets` targets (batched, three partitions), a fresh
+/// database, and a writer pipeline file from one to the other with `extra_source` settings.
+struct Backlog {
+    brokers: String,
+    topic: String,
+    db: support::TestDatabase,
+    checks: Vec<pipe::check::CheckResult>,
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn backlog(prefix: &'static str, n: usize, targets: usize, extra_source: &str) -> Backlog {
+    let brokers = support::kafka_brokers();
+    let topic = support::create_topic(prefix, 3).await;
+    let db = new_database(prefix).await;
+    let checks = writer::checks(n, targets);
+    writer::produce(&brokers, &topic, &checks).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        dir.path(),
+        "writer.yaml",
+        &writer::writer_yaml(
+            &brokers,
+            &topic,
+            &unique_name("group"),
+            &db.url,
+            extra_source,
+        ),
+    );
+    Backlog {
+        brokers,
+        topic,
+        db,
+        checks,
+        file,
+        _dir: dir,
+    }
+}
+
 const COUNT: &str = "SELECT count(*) FROM checks";
 
 /// The source settings of a writer with a static identity, the same across its restarts, as
@@ -174,11 +213,14 @@ async fn a_writer_killed_five_times_and_a_postgres_restart_store_every_check_onc
     const RESENT: usize = 5_000;
     const POISON: usize = 100;
     let started = Instant::now();
-    let brokers = support::kafka_brokers();
-    let topic = support::create_topic("killed", 3).await;
-    let db = new_database("killed").await;
-    let checks = writer::checks(N, 200);
-    writer::produce(&brokers, &topic, &checks).await;
+    let Backlog {
+        brokers,
+        topic,
+        db,
+        checks,
+        file,
+        _dir,
+    } = backlog("killed", N, 200, &static_member()).await;
     // Re-sent duplicates, as a checker whose confirmation was lost sends them again, and
     // poison: two kinds of message no writer can store.
     writer::produce(&brokers, &topic, &checks[..RESENT]).await;
@@ -194,18 +236,6 @@ async fn a_writer_killed_five_times_and_a_postgres_restart_store_every_check_onc
         .collect();
     writer::produce_raw(&brokers, &topic, &poison).await;
 
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(
-        dir.path(),
-        "writer.yaml",
-        &writer::writer_yaml(
-            &brokers,
-            &topic,
-            &unique_name("group"),
-            &db.url,
-            &static_member(),
-        ),
-    );
     let mut random = Random::new();
     let mut kills = Vec::new();
     let mut stored = 0;
@@ -401,17 +431,13 @@ async fn postgres_stopped_for_30_s_under_a_running_writer_loses_and_repeats_noth
     let _serial = SERIAL.lock().await;
     const N: usize = 20_000;
     let started = Instant::now();
-    let brokers = support::kafka_brokers();
-    let topic = support::create_topic("pgdown", 3).await;
-    let db = new_database("pgdown").await;
-    let checks = writer::checks(N, 40);
-    writer::produce(&brokers, &topic, &checks).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(
-        dir.path(),
-        "writer.yaml",
-        &writer::writer_yaml(&brokers, &topic, &unique_name("group"), &db.url, ""),
-    );
+    let Backlog {
+        db,
+        checks,
+        file,
+        _dir,
+        ..
+    } = backlog("pgdown", N, 40, "").await;
     let mut writer = Pipe::start(&file, "writer");
     let at_stop = wait_for_more(&db.url, 1_000, TWO_MINUTES).await;
     let postgres = Stopped::service("postgres");
@@ -447,23 +473,13 @@ async fn postgres_stopped_for_30_s_under_a_running_writer_loses_and_repeats_noth
 /// kill the new one stored its first row; checks that it then stores everything once.
 async fn restart_at_once(extra_source: &str) -> Duration {
     const N: usize = 20_000;
-    let brokers = support::kafka_brokers();
-    let topic = support::create_topic("rejoin", 3).await;
-    let db = new_database("rejoin").await;
-    let checks = writer::checks(N, 40);
-    writer::produce(&brokers, &topic, &checks).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(
-        dir.path(),
-        "writer.yaml",
-        &writer::writer_yaml(
-            &brokers,
-            &topic,
-            &unique_name("group"),
-            &db.url,
-            extra_source,
-        ),
-    );
+    let Backlog {
+        db,
+        checks,
+        file,
+        _dir,
+        ..
+    } = backlog("rejoin", N, 40, extra_source).await;
     let mut first = Pipe::start(&file, "writer");
     wait_for_more(&db.url, 1_000, TWO_MINUTES).await;
     first.kill();
@@ -505,17 +521,13 @@ async fn a_writer_started_before_postgres_waits_then_stores_everything() {
     let _serial = SERIAL.lock().await;
     const N: usize = 5_000;
     let started = Instant::now();
-    let brokers = support::kafka_brokers();
-    let topic = support::create_topic("pglate", 3).await;
-    let db = new_database("pglate").await;
-    let checks = writer::checks(N, 10);
-    writer::produce(&brokers, &topic, &checks).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(
-        dir.path(),
-        "writer.yaml",
-        &writer::writer_yaml(&brokers, &topic, &unique_name("group"), &db.url, ""),
-    );
+    let Backlog {
+        db,
+        checks,
+        file,
+        _dir,
+        ..
+    } = backlog("pglate", N, 10, "").await;
     let postgres = Stopped::service("postgres");
     let mut writer = Pipe::start(&file, "writer");
     tokio::time::sleep(Duration::from_secs(5)).await;

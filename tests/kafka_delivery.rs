@@ -288,26 +288,28 @@ sinks:
     }
 }
 
-fn pipe_command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pipe"));
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command
+/// Runs `pipe run` on a pipeline file holding `yaml`, off the runtime's threads.
+async fn run_pipe(yaml: String) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pipeline.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_pipe"))
+            .args(["run", file.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
 async fn a_missing_topic_stops_the_run_before_anything_is_produced() {
     let brokers = support::kafka_brokers();
     let topic = unique_name("never_created");
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("checker.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "\
+    let yaml = format!(
+        "\
 sources:
   gen:
     type: generate
@@ -323,17 +325,9 @@ sinks:
     type: console
     inputs: [gen]
 "
-        ),
-    )
-    .unwrap();
+    );
     let started = std::time::Instant::now();
-    let out = tokio::task::spawn_blocking(move || {
-        pipe_command(&["run", file.to_str().unwrap()])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = run_pipe(yaml).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!(
         "exit {:?} after {:.1} s",
@@ -361,12 +355,8 @@ sinks:
 async fn a_run_that_lost_results_exits_1_with_the_counts() {
     // No broker at all: every message expires after message.timeout.ms.
     let brokers = format!("127.0.0.1:{}", support::http::closed_port());
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("checker.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "\
+    let yaml = format!(
+        "\
 sources:
   gen:
     type: generate
@@ -382,16 +372,8 @@ sinks:
     connect_timeout: 1s
     options: {{ message.timeout.ms: 1500 }}
 "
-        ),
-    )
-    .unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        pipe_command(&["run", file.to_str().unwrap()])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    );
+    let out = run_pipe(yaml).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
