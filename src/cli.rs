@@ -1,4 +1,5 @@
-//! The `pipe` command line: `run`, `validate`, `graph` and `stages`.
+//! The `pipe` command line: `run`, `validate`, `graph`, `stages`, `migrate`, and its own
+//! shell completions and manual page.
 //!
 //! [`main`] takes the registry as an argument, so a crate with stages of its own builds a `pipe`
 //! of its own in three lines (see `examples/custom_stage.rs`).
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use slog::{error, info, warn};
 
 use crate::compiler::{self, CompiledPipeline};
@@ -67,6 +68,14 @@ enum Command {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
+    /// Print a shell completion script: `pipe completions bash > /etc/bash_completion.d/pipe`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `pipe man > /usr/local/share/man/man1/pipe.1`.
+    Man,
 }
 
 /// Parses the command line and runs it with the stages in `registry`.
@@ -95,6 +104,19 @@ pub fn main(registry: Registry) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Command::Migrate { database_url } => migrate(&logger, &database_url).await,
+            Command::Completions { shell } => {
+                clap_complete::generate(shell, &mut Cli::command(), "pipe", &mut std::io::stdout());
+                ExitCode::SUCCESS
+            }
+            Command::Man => {
+                match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        error!(logger, "cannot write the manual page"; "error" => %e);
+                        ExitCode::FAILURE
+                    }
+                }
+            }
         }
     })
 }

@@ -231,3 +231,79 @@ fn the_custom_stage_example_registers_and_runs_its_stage() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn completions_cover_every_subcommand_and_bash_accepts_them() {
+    let subcommands = [
+        "run",
+        "validate",
+        "graph",
+        "stages",
+        "migrate",
+        "completions",
+        "man",
+    ];
+    for shell in ["bash", "zsh", "fish"] {
+        let out = pipe(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        for subcommand in subcommands {
+            assert!(script.contains(subcommand), "{shell} lacks {subcommand}");
+        }
+        // Each shell spells an option its own way (fish: `-l log-level`).
+        assert!(
+            script.contains("log-level"),
+            "{shell} lacks the global options"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipe.bash");
+    std::fs::write(&file, pipe(&["completions", "bash"]).stdout).unwrap();
+    let out = Command::new("bash")
+        .args(["-n", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bash -n: {}", text(&out.stderr));
+
+    let out = pipe(&["completions", "tcsh-or-so"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}
+
+#[test]
+fn the_manual_page_is_roff_for_pipe_at_this_version() {
+    let out = pipe(&["man"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let page = text(&out.stdout);
+    assert!(
+        page.contains(&format!(
+            ".TH pipe 1  \"pipe {}\"",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{page}"
+    );
+    for section in [".SH NAME", ".SH SYNOPSIS", ".SH OPTIONS", ".SH SUBCOMMANDS"] {
+        assert!(page.contains(section), "no {section}");
+    }
+    assert!(page.contains("pipe\\-migrate") || page.contains("migrate"));
+}
+
+#[test]
+fn the_version_is_the_crates_and_the_changelogs_latest() {
+    let out = pipe(&["--version"]);
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(text(&out.stdout), format!("pipe {version}\n"));
+    let changelog =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/CHANGELOG.md")).unwrap();
+    let latest = changelog
+        .lines()
+        .find(|line| line.starts_with("## [") && !line.starts_with("## [Unreleased]"))
+        .expect("a released version in CHANGELOG.md");
+    assert!(
+        latest.starts_with(&format!("## [{version}]")),
+        "CHANGELOG.md's latest release is `{latest}`, Cargo.toml says {version}"
+    );
+}
