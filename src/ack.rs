@@ -186,8 +186,11 @@ impl<S: Clone + Send + Sync + 'static> Acknowledger<S> {
 /// One event's outcome, reported in order within its stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion<S> {
+    /// The stream the event was tracked in (a Kafka partition, say).
     pub stream: S,
+    /// The event's position in its stream (a Kafka offset).
     pub position: i64,
+    /// Whether every copy of the event was handled.
     pub status: AckStatus,
 }
 

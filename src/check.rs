@@ -20,30 +20,43 @@ const CHECK_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2d7e_8a4b_4e55_9d3a_7c2e
 /// One check of one target, whatever happened on the network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckResult {
+    /// Always [`SCHEMA_VERSION`] for messages written by this version.
     pub schema_version: u32,
     /// Derived from `target` and `scheduled_at`: the same check sent twice has the same id.
     pub check_id: Uuid,
+    /// The target's `name` (its URL when it has none).
     pub target: String,
     /// The URL checked, with any password replaced by `***`.
     pub url: String,
+    /// The HTTP method used, upper case.
     pub method: String,
     #[serde(with = "rfc3339_millis")]
+    /// The slot the check was scheduled for.
     pub scheduled_at: SystemTime,
     #[serde(with = "rfc3339_millis")]
+    /// When the check actually started: later than `scheduled_at` when the checker was busy.
     pub started_at: SystemTime,
     /// Total elapsed time of the check, also when it failed.
     pub response_time_ms: f64,
+    /// How long each phase of the transfer took.
     pub timings_ms: Timings,
     /// `None` when no response arrived.
     pub status_code: Option<u16>,
+    /// Why no complete response arrived; `None` when one did.
     pub error: Option<CheckError>,
+    /// The pattern the page was matched against, if the target has one.
     pub regex: Option<String>,
+    /// Whether the page matched `regex`; `None` without a regex or a page.
     pub regex_matched: Option<bool>,
+    /// How the response time compares with the `latency` transform's thresholds.
     pub latency_class: Option<LatencyClass>,
+    /// The verdict: a response with an expected status, matching its regex, and fast enough when the thresholds say so.
     pub up: bool,
     /// Body bytes read (at most the probe's `max_body_bytes`); `None` without a response.
     pub body_bytes: Option<u64>,
+    /// The address connected to, `ip:port`.
     pub remote_addr: Option<String>,
+    /// The protocol of the last response, as on its status line (`HTTP/1.1`, `HTTP/2`).
     pub http_version: Option<String>,
     /// Named capture groups of the regex, when it has any and matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,8 +67,11 @@ pub struct CheckResult {
 /// each phase is the sum over all hops (libcurl's accounting).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
+    /// Resolving the host name.
     pub dns: Option<f64>,
+    /// Opening the TCP connection.
     pub connect: Option<f64>,
+    /// The TLS handshake, for HTTPS.
     pub tls: Option<f64>,
     /// From the request being sent (after connect and TLS) to the first response byte.
     pub first_byte: Option<f64>,
@@ -66,23 +82,34 @@ pub struct Timings {
 /// Why a check failed to get a complete response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckError {
+    /// The kind of failure, for grouping and alerting.
     pub kind: ErrorKind,
+    /// libcurl's own words for it (never a header value or the URL's user information).
     pub message: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// The kinds of failure a check can have; stored as an enum in PostgreSQL.
 pub enum ErrorKind {
+    /// No complete response within the target's `timeout`.
     Timeout,
+    /// The host name did not resolve.
     Dns,
+    /// The TCP connection was refused, reset or could not be made.
     Connect,
+    /// The TLS handshake failed (certificate, protocol).
     Tls,
+    /// More redirects than `follow_redirects` allows.
     TooManyRedirects,
+    /// The body was larger than `max_body_bytes`.
     BodyTooLarge,
+    /// Anything else libcurl reported.
     Other,
 }
 
 impl ErrorKind {
+    /// The name used in messages and in the database (`timeout`, `dns`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Timeout => "timeout",
@@ -98,13 +125,18 @@ impl ErrorKind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// How fast a response was, as the `latency` transform classifies it.
 pub enum LatencyClass {
+    /// Under the `slow` threshold.
     Ok,
+    /// At or over `slow`, under `critical`.
     Slow,
+    /// At or over `critical`.
     Critical,
 }
 
 impl LatencyClass {
+    /// The name used in messages and in the database (`ok`, `slow`, `critical`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "ok",
@@ -147,14 +179,17 @@ pub mod rfc3339_millis {
 
     use serde::{de, Deserialize, Deserializer, Serializer};
 
+    /// Formats `time` as the schema writes it.
     pub fn format(time: SystemTime) -> String {
         humantime::format_rfc3339_millis(time).to_string()
     }
 
+    /// Serializes `time` as the schema writes it (`with = "rfc3339_millis"`).
     pub fn serialize<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&humantime::format_rfc3339_millis(*time))
     }
 
+    /// Parses an RFC 3339 time (any precision, `Z` or an offset).
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
         humantime::parse_rfc3339_weak(&text)

@@ -15,17 +15,25 @@ use crate::registry::{BuildContext, BuiltStage, Registry, StageKind};
 
 /// A stage that passed validation, built and ready to run.
 pub struct CompiledStage {
+    /// The stage's id in the file.
     pub id: String,
+    /// Its `type:`.
     pub type_name: String,
+    /// Source, transform or sink.
     pub kind: StageKind,
+    /// The ids of the stages it reads from (none for a source).
     pub inputs: Vec<String>,
+    /// The stage itself, built by its config's `build`.
     pub stage: BuiltStage,
 }
 
 /// A validated pipeline: its stages in file order, and the warnings found on the way.
 pub struct CompiledPipeline {
+    /// The file's name, as given on the command line (for logs and `pipe graph`).
     pub name: String,
+    /// The stages in the order the file lists them.
     pub stages: Vec<CompiledStage>,
+    /// Problems that do not stop the pipeline (a stage whose output nothing reads).
     pub warnings: Vec<Diagnostic>,
 }
 

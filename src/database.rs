@@ -31,11 +31,17 @@ use r2d2_postgres::PostgresConnectionManager;
 /// libpq's `sslmode` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
+    /// Plaintext only.
     Disable,
+    /// Plaintext, then TLS if refused (treated as `prefer` here).
     Allow,
+    /// TLS if the server offers it, else plaintext; libpq's default.
     Prefer,
+    /// TLS, verifying the server against `sslrootcert` when one is given.
     Require,
+    /// TLS, verifying the certificate's chain against `sslrootcert`.
     VerifyCa,
+    /// TLS, verifying the chain and the host name.
     VerifyFull,
 }
 
@@ -150,6 +156,7 @@ impl Database {
         })
     }
 
+    /// The `sslmode` the URL asked for.
     pub fn ssl_mode(&self) -> SslMode {
         self.ssl_mode
     }
@@ -219,6 +226,7 @@ fn percent_decode(text: &str) -> String {
 pub struct DropOffRuntime<T: Send + 'static>(Option<T>);
 
 impl<T: Send + 'static> DropOffRuntime<T> {
+    /// Takes ownership of `value`.
     pub fn new(value: T) -> Self {
         Self(Some(value))
     }

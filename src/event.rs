@@ -20,8 +20,11 @@ pub const DEAD_LETTER: &str = "dead_letter";
 /// Where an event came from, for sources with positions: a Kafka topic, partition and offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
+    /// The topic the message was read from.
     pub topic: std::sync::Arc<str>,
+    /// Its partition.
     pub partition: i32,
+    /// Its offset in the partition.
     pub offset: i64,
 }
 
@@ -69,6 +72,7 @@ impl Event {
         self
     }
 
+    /// Where the event came from, for a source that knows.
     pub fn origin(&self) -> Option<&Origin> {
         self.origin.as_deref()
     }
@@ -86,6 +90,7 @@ impl Event {
         self
     }
 
+    /// The raw bytes kept with the event (a dead letter's payload).
     pub fn raw(&self) -> Option<&Bytes> {
         self.raw.as_ref()
     }
@@ -102,22 +107,27 @@ impl Event {
         self
     }
 
+    /// The event's fields.
     pub fn fields(&self) -> &Fields {
         &self.fields
     }
 
+    /// The event's fields, to change.
     pub fn fields_mut(&mut self) -> &mut Fields {
         &mut self.fields
     }
 
+    /// The value of field `key`.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.fields.get(key)
     }
 
+    /// Sets field `key`, returning its previous value.
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) -> Option<Value> {
         self.fields.insert(key.into(), value.into())
     }
 
+    /// Removes field `key`, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
         self.fields.shift_remove(key)
     }

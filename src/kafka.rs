@@ -27,9 +27,13 @@ use crate::throttle::RepeatedWarning;
 #[derive(Clone, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum OptionValue {
+    /// A string.
     Text(String),
+    /// A whole number.
     Integer(i64),
+    /// A number with a fraction.
     Float(f64),
+    /// `true` or `false`.
     Bool(bool),
 }
 
@@ -129,7 +133,9 @@ pub fn client_config(
 
 /// A client context that sends librdkafka's own logs and errors to slog, secrets redacted.
 pub struct SlogContext {
+    /// Where librdkafka's lines go.
     pub logger: slog::Logger,
+    /// The stage's `options`, to redact their secret values from every line.
     pub options: Options,
     /// librdkafka reports a down broker on every reconnection attempt: each kind of error is
     /// logged at most once per [`crate::throttle::PERIOD`], with how long it has lasted.
@@ -146,6 +152,7 @@ pub struct SlogContext {
 pub struct LastError(Arc<Mutex<Option<String>>>);
 
 impl LastError {
+    /// The last refusal reported, if any.
     pub fn refusal(&self) -> Option<String> {
         self.0.lock().expect("not poisoned").clone()
     }
@@ -167,6 +174,7 @@ impl LastError {
 }
 
 impl SlogContext {
+    /// A context logging to `logger`, redacting the secret values of `options`.
     pub fn new(logger: slog::Logger, options: Options) -> Self {
         Self {
             logger,

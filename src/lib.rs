@@ -17,6 +17,68 @@
 //!   (warnings that repeat while a fault lasts);
 //! - [`cli`] is the `pipe` command line, which other crates call with their own registry to
 //!   ship stages of their own (see `examples/custom_stage.rs`).
+//!
+//! # Adding a stage
+//!
+//! A stage is a settings struct that implements [`StageConfig`] (its `type:` name and its
+//! build step, which validates everything up front) and the stage itself, which implements
+//! [`Source`], [`Transform`] or [`Sink`]. Register it beside the built-in stages and hand the
+//! registry to [`cli::main`]: that is a whole `pipe` binary that knows `type: uppercase`.
+//!
+//! ```
+//! use pipe::{BoxError, BuildContext, ConfigError, Event, Registry, StageConfig, Transform};
+//! use serde::Deserialize;
+//! use serde_json::Value;
+//!
+//! /// Settings of the `uppercase` transform, as written in the pipeline file.
+//! #[derive(Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct UppercaseConfig {
+//!     /// Fields whose string values are upper-cased.
+//!     fields: Vec<String>,
+//! }
+//!
+//! impl StageConfig for UppercaseConfig {
+//!     const TYPE: &'static str = "uppercase";
+//!     const DESCRIPTION: &'static str = "upper-cases the string values of the named fields";
+//!     type Stage = dyn Transform;
+//!
+//!     fn build(self, _cx: &BuildContext) -> Result<Box<dyn Transform>, Vec<ConfigError>> {
+//!         if self.fields.is_empty() {
+//!             return Err(ConfigError::at("fields", "name at least one field").into());
+//!         }
+//!         Ok(Box::new(Uppercase { fields: self.fields }))
+//!     }
+//! }
+//!
+//! struct Uppercase {
+//!     fields: Vec<String>,
+//! }
+//!
+//! impl Transform for Uppercase {
+//!     fn transform(&mut self, mut event: Event, out: &mut Vec<Event>) -> Result<(), BoxError> {
+//!         for name in &self.fields {
+//!             if let Some(Value::String(text)) = event.fields_mut().get_mut(name) {
+//!                 *text = text.to_uppercase();
+//!             }
+//!         }
+//!         out.push(event);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let mut registry = Registry::with_builtins();
+//! registry.register::<UppercaseConfig>();
+//! assert!(registry.iter().any(|stage| stage.type_name == "uppercase"));
+//! // In a binary: `fn main() -> std::process::ExitCode { pipe::cli::main(registry) }`
+//! ```
+//!
+//! A built-in stage lives in one file under `src/stages/{sources,transforms,sinks}/` and is
+//! registered by one line in `src/stages/mod.rs`. A source that must know when its events are
+//! durably handled tracks them with [`ack`]; a sink that can check, before anything runs,
+//! that it can work at all implements [`Sink::preflight`].
+
+#![warn(missing_docs)]
 
 pub mod ack;
 pub mod check;

@@ -24,10 +24,13 @@ use tokio::sync::oneshot;
 /// What to fetch, and how. Built by the caller for each transfer.
 #[derive(Debug)]
 pub struct Request {
+    /// The URL to fetch.
     pub url: Arc<str>,
+    /// The HTTP method.
     pub method: Method,
     /// Header lines, `Name: value`.
     pub headers: Arc<[String]>,
+    /// The request body, if any.
     pub body: Option<Bytes>,
     /// For the whole transfer, redirects included; libcurl enforces it.
     pub timeout: Duration,
@@ -44,10 +47,15 @@ pub struct Request {
 /// libcurl's cumulative timers, from the start of the transfer.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Times {
+    /// Until the name was resolved.
     pub name_lookup: Duration,
+    /// Until the TCP connection was open.
     pub connect: Duration,
+    /// Until the TLS handshake was done (zero without TLS).
     pub app_connect: Duration,
+    /// Until the first response byte.
     pub start_transfer: Duration,
+    /// The whole transfer, redirects included.
     pub total: Duration,
 }
 
@@ -57,16 +65,19 @@ pub struct Outcome {
     /// libcurl's verdict. A body over the limit shows here as a write error, with
     /// `body_too_large` set.
     pub result: Result<(), curl::Error>,
+    /// Whether the body was cut at `max_body_bytes`.
     pub body_too_large: bool,
     /// The last response's status code, if one arrived.
     pub status: Option<u16>,
     /// The last response's protocol, as on its status line (`HTTP/1.1`, `HTTP/2`).
     pub http_version: Option<&'static str>,
+    /// The address connected to, `ip:port`.
     pub remote_addr: Option<String>,
     /// Body bytes read (at most the limit).
     pub body_bytes: u64,
     /// The body, when asked to keep it.
     pub body: Option<Vec<u8>>,
+    /// libcurl's timers for the transfer.
     pub times: Times,
 }
 
@@ -147,6 +158,7 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Starts an agent on a thread of its own named `name`.
     pub fn spawn(name: String) -> io::Result<Agent> {
         let queue = Arc::new(Mutex::new(Queue::default()));
         let shared = Arc::clone(&queue);

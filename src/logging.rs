@@ -9,10 +9,15 @@ use slog::{o, Drain};
 /// How verbose the logs are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogLevel {
+    /// Only errors.
     Error,
+    /// Errors and warnings.
     Warn,
+    /// Also what the pipeline does (the default).
     Info,
+    /// Also each stage's details, and librdkafka's debug lines for its `debug` contexts.
     Debug,
+    /// Everything.
     Trace,
 }
 

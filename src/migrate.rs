@@ -6,8 +6,11 @@
 
 /// One numbered SQL file.
 pub struct Migration {
+    /// Its number, from the file name; applied in increasing order.
     pub version: i32,
+    /// The file name.
     pub name: &'static str,
+    /// The SQL, compiled into the binary.
     pub sql: &'static str,
 }
 

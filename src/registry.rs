@@ -20,8 +20,11 @@ use crate::stage::{Sink, Source, Transform};
 /// Source, transform or sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum StageKind {
+    /// Produces events.
     Source,
+    /// Turns each event into zero or more.
     Transform,
+    /// Consumes events.
     Sink,
 }
 
@@ -35,6 +38,7 @@ impl StageKind {
         }
     }
 
+    /// The kind a top-level key of a pipeline file holds (`sources` → source).
     pub fn from_section(section: &str) -> Option<Self> {
         [Self::Source, Self::Transform, Self::Sink]
             .into_iter()
@@ -55,9 +59,11 @@ impl fmt::Display for StageKind {
 /// What a stage's build step may use.
 #[derive(Clone)]
 pub struct BuildContext {
+    /// The id of the stage being built.
     pub stage_id: String,
     /// The directory of the pipeline file: relative paths in settings are relative to it.
     pub base_dir: PathBuf,
+    /// The stage's logger, with its id and type as fields.
     pub logger: slog::Logger,
 }
 
@@ -70,15 +76,20 @@ impl BuildContext {
 
 /// A built stage, ready for the executor.
 pub enum BuiltStage {
+    /// A source.
     Source(Box<dyn Source>),
+    /// A transform.
     Transform(Box<dyn Transform>),
+    /// A sink.
     Sink(Box<dyn Sink>),
 }
 
 /// Ties a stage trait object type to its [`StageKind`]. Implemented for `dyn Source`,
 /// `dyn Transform` and `dyn Sink`.
 pub trait StageType {
+    /// The kind this trait object type is.
     const KIND: StageKind;
+    /// Wraps a built stage for the executor.
     fn into_built(stage: Box<Self>) -> BuiltStage;
 }
 
@@ -121,8 +132,11 @@ type BuildFn = fn(Value, &BuildContext) -> Result<BuiltStage, Vec<ConfigError>>;
 
 /// One registered stage type.
 pub struct Registration {
+    /// Source, transform or sink.
     pub kind: StageKind,
+    /// The name used in `type:`.
     pub type_name: &'static str,
+    /// One line for `pipe stages`.
     pub description: &'static str,
     /// The top-level settings fields, read from the config struct itself.
     pub fields: &'static [&'static str],
@@ -181,6 +195,7 @@ impl Registry {
         self
     }
 
+    /// The registration of `type_name` among the stages of `kind`.
     pub fn get(&self, kind: StageKind, type_name: &str) -> Option<&Registration> {
         self.entries
             .iter()

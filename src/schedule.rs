@@ -56,6 +56,7 @@ pub struct Clock {
 }
 
 impl Clock {
+    /// A clock that reads the current time now.
     pub fn new() -> Self {
         Self::starting_at(SystemTime::now())
     }
@@ -76,6 +77,7 @@ impl Clock {
         self.base_ms + self.base_instant.elapsed().as_millis() as u64
     }
 
+    /// The current time.
     pub fn now(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.base_ms) + self.base_instant.elapsed()
     }
@@ -85,6 +87,7 @@ impl Clock {
         self.base_instant + Duration::from_millis(ms.saturating_sub(self.base_ms))
     }
 
+    /// The time `ms` milliseconds after the epoch.
     pub fn time_at(ms: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(ms)
     }
@@ -99,21 +102,27 @@ impl Default for Clock {
 /// One entry to schedule.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
+    /// Time between two of the entry's slots.
     pub interval: Duration,
+    /// Where in each interval its slot falls.
     pub offset: Duration,
 }
 
 /// A due check: which entry, and the slot it was scheduled for (ms since the epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot {
+    /// The index of the entry.
     pub entry: usize,
+    /// The slot's time, in milliseconds since the epoch.
     pub scheduled_ms: u64,
 }
 
 /// What a schedule run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Stats {
+    /// Checks started.
     pub started: u64,
+    /// Slots skipped because the entry's previous check still ran.
     pub missed: u64,
 }
 

@@ -20,6 +20,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Produces events. Returns when it has nothing more to emit or when `cx.shutdown` fires.
 #[async_trait]
 pub trait Source: Send {
+    /// Runs the source until it has nothing more to emit or `cx.shutdown` fires.
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), BoxError>;
 }
 
@@ -29,6 +30,7 @@ pub trait Source: Send {
 /// An event that is not pushed to `out` must be [`Event::discard`]ed, or its source is told it
 /// failed.
 pub trait Transform: Send {
+    /// Handles one event, pushing what it produces to `out`.
     fn transform(&mut self, event: Event, out: &mut Vec<Event>) -> Result<(), BoxError>;
 }
 
@@ -45,20 +47,25 @@ pub trait Sink: Send {
         Ok(())
     }
 
+    /// Runs the sink until its input is closed and everything received is finished.
     async fn run(self: Box<Self>, input: Input, cx: SinkContext) -> Result<(), BoxError>;
 }
 
 /// What a source gets from the executor.
 pub struct SourceContext {
+    /// The source's stage id.
     pub id: Arc<str>,
+    /// Where its events go.
     pub out: Output,
     /// Fires when the pipeline is asked to stop: stop producing and return.
     pub shutdown: CancellationToken,
+    /// The stage's logger, with its id and type as fields.
     pub logger: slog::Logger,
 }
 
 /// What a sink gets from the executor.
 pub struct SinkContext {
+    /// The sink's stage id.
     pub id: Arc<str>,
     /// Fires when the pipeline is asked to stop. Sinks keep draining their input regardless;
     /// this only tells a sink that is retrying forever that the grace period is running.
@@ -66,6 +73,7 @@ pub struct SinkContext {
     /// How long the whole pipeline has to drain once `shutdown` fires: a sink's final flush
     /// should fit in it, so that it can report what it could not deliver before being aborted.
     pub grace: Duration,
+    /// The stage's logger, with its id and type as fields.
     pub logger: slog::Logger,
 }
 

@@ -41,6 +41,7 @@ impl Default for RepeatedWarning {
 }
 
 impl RepeatedWarning {
+    /// A warning logged at most once per `period`.
     pub fn new(period: Duration) -> Self {
         Self {
             period,

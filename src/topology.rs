@@ -50,16 +50,28 @@ impl Default for RunOptions {
 /// Why a run did not end cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// A stage returned an error (or could not start); the pipeline stopped.
     #[error("{kind} `{id}` (type {type_name}) failed: {error}")]
     StageFailed {
+        /// Source, transform or sink.
         kind: StageKind,
+        /// The stage's id.
         id: String,
+        /// Its `type:`.
         type_name: String,
+        /// What it returned.
         #[source]
         error: BoxError,
     },
+    /// The drain after a stop took longer than the grace period; the stages still running
+    /// were aborted.
     #[error("the grace period of {grace} ran out while {stages} still had events in flight; they were not delivered")]
-    GraceExpired { grace: String, stages: String },
+    GraceExpired {
+        /// The grace period, as written (`30s`).
+        grace: String,
+        /// The stages that were aborted, by id.
+        stages: String,
+    },
 }
 
 struct StageInfo {

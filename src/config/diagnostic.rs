@@ -9,37 +9,51 @@ use std::fmt;
 use crate::registry::StageKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// How bad a diagnostic is.
 pub enum Severity {
+    /// The pipeline cannot run.
     Error,
+    /// The pipeline can run, but probably not as meant.
     Warning,
 }
 
 /// A 1-based line and column in the pipeline file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Location {
+    /// The line, from 1.
     pub line: usize,
+    /// The column, from 1.
     pub column: usize,
 }
 
 /// The stage a diagnostic is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageRef {
+    /// Source, transform or sink.
     pub kind: StageKind,
+    /// The stage id.
     pub id: String,
     /// The `type:` as written, when there is one.
     pub type_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// One problem found in a pipeline file, located as precisely as the file allows.
 pub struct Diagnostic {
+    /// Error or warning.
     pub severity: Severity,
+    /// The file's name, as given.
     pub file: String,
+    /// Where in the file, when it can be told.
     pub location: Option<Location>,
+    /// The stage it is about, if any.
     pub stage: Option<StageRef>,
+    /// What is wrong, with any interpolated value scrubbed out.
     pub message: String,
 }
 
 impl Diagnostic {
+    /// Whether this diagnostic stops the pipeline.
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }
@@ -72,10 +86,12 @@ impl fmt::Display for Diagnostic {
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
 impl Diagnostics {
+    /// The diagnostics that are errors.
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
         self.0.iter().filter(|d| d.is_error())
     }
 
+    /// Whether any diagnostic is an error.
     pub fn has_errors(&self) -> bool {
         self.errors().next().is_some()
     }
@@ -99,7 +115,9 @@ impl std::error::Error for Diagnostics {}
 /// stage's entry (`regex`, `targets[2].url`), used to find the line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The setting's path inside the stage entry, if the problem is in one setting.
     pub field: Option<String>,
+    /// What is wrong; must not contain a secret value.
     pub message: String,
 }
 

@@ -77,10 +77,12 @@ impl Visitor<'_> for DurationVisitor {
     }
 }
 
+/// Deserializes a duration written as in [`parse`].
 pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     deserializer.deserialize_str(DurationVisitor)
 }
 
+/// Serializes a duration as [`format()`] writes it.
 pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&format(*duration))
 }
@@ -89,12 +91,14 @@ pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S:
 pub mod option {
     use super::*;
 
+    /// Deserializes a duration written as in [`parse`].
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Option<Duration>, D::Error> {
         super::deserialize(deserializer).map(Some)
     }
 
+    /// Serializes a duration as [`format()`](super::format) writes it, `None` as nothing.
     pub fn serialize<S: Serializer>(
         duration: &Option<Duration>,
         serializer: S,

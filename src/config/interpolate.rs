@@ -13,7 +13,9 @@ use super::locate::{join_index, join_key};
 /// An interpolation problem at a path of the document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterpolationError {
+    /// The value's path in the document, such as `sinks.db.url`.
     pub path: String,
+    /// What is wrong (never the value itself).
     pub message: String,
 }
 

@@ -22,10 +22,13 @@ use locate::{join_key, Locations};
 /// One stage entry of a pipeline file, before its settings are deserialized.
 #[derive(Debug, Clone)]
 pub struct StageEntry {
+    /// Which section the entry is in.
     pub kind: StageKind,
+    /// The entry's key: the stage id.
     pub id: String,
     /// `None` when the entry has no usable `type:` (already reported).
     pub type_name: Option<String>,
+    /// The ids in its `inputs:`, as written.
     pub inputs: Vec<String>,
     /// The entry without `type` and `inputs`: the stage's own settings.
     pub settings: Value,
@@ -34,6 +37,7 @@ pub struct StageEntry {
 }
 
 impl StageEntry {
+    /// How diagnostics name this stage.
     pub fn stage_ref(&self) -> StageRef {
         StageRef {
             kind: self.kind,
@@ -50,6 +54,7 @@ pub struct PipelineFile {
     pub name: String,
     /// The directory relative paths in stage settings are resolved against.
     pub base_dir: PathBuf,
+    /// Every stage entry, sources first, in file order within each section.
     pub stages: Vec<StageEntry>,
     locations: Locations,
     secrets: Vec<String>,
@@ -74,6 +79,7 @@ impl PipelineFile {
         }
     }
 
+    /// The entry with id `id`.
     pub fn stage(&self, id: &str) -> Option<&StageEntry> {
         self.stages.iter().find(|s| s.id == id)
     }

@@ -16,6 +16,7 @@ const BATCH: usize = 256;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The settings of the `console` sink.
 pub struct ConsoleConfig {
     /// Pretty-print each event over several lines instead of one JSON line. Default `false`.
     #[serde(default)]

@@ -49,6 +49,7 @@ fn default_connect_timeout() -> Duration {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The settings of the `kafka` sink.
 pub struct KafkaSinkConfig {
     /// Bootstrap brokers, `host:port[,host:port…]`.
     pub brokers: String,

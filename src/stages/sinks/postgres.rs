@@ -67,6 +67,7 @@ fn default_max_backoff() -> Duration {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The settings of the `postgres` sink.
 pub struct PostgresSinkConfig {
     /// libpq-style URL: `postgres://user:password@host:port/db?sslmode=require&sslrootcert=ca.pem`.
     pub url: String,

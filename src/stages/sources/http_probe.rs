@@ -67,7 +67,9 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum StatusItem {
+    /// One status code.
     Code(u16),
+    /// A range, `"low-high"`, both ends included.
     Range(String),
 }
 
@@ -108,6 +110,7 @@ pub struct TargetConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The settings of the `http_probe` source.
 pub struct HttpProbeConfig {
     /// Targets, listed inline.
     #[serde(default)]
@@ -157,6 +160,7 @@ pub struct HttpProbeConfig {
 pub struct StatusSet(Vec<(u16, u16)>);
 
 impl StatusSet {
+    /// Whether `code` is in the set.
     pub fn contains(&self, code: u16) -> bool {
         self.0
             .iter()

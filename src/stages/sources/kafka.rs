@@ -70,6 +70,7 @@ pub enum Format {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The settings of the `kafka` source.
 pub struct KafkaSourceConfig {
     /// Bootstrap brokers, `host:port[,host:port…]`.
     pub brokers: String,

@@ -31,6 +31,7 @@ pub enum DownWhen {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// Thresholds of one target, over the stage's.
 pub struct Thresholds {
     /// Overrides the stage's `slow` for this target.
     #[serde(default, with = "duration::option")]
@@ -42,6 +43,7 @@ pub struct Thresholds {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The settings of the `latency` transform.
 pub struct LatencyConfig {
     /// A check taking at least this long is `slow`.
     #[serde(with = "duration")]

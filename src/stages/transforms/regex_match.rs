@@ -48,6 +48,7 @@ pub fn compile_pattern(pattern: &str) -> Result<Regex, String> {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The settings of the `regex_match` transform.
 pub struct RegexMatchConfig {
     /// A pattern for checks whose target has no `regex` of its own. The source must keep those
     /// bodies too (`http_probe`'s `keep_bodies: true`).
@@ -76,6 +77,7 @@ impl StageConfig for RegexMatchConfig {
     }
 }
 
+/// The built `regex_match` transform.
 pub struct RegexMatch {
     pattern: Option<(String, Arc<Regex>)>,
     cache: HashMap<String, Arc<Regex>>,
