@@ -30,11 +30,11 @@ pub struct CheckResult {
     pub url: String,
     /// The HTTP method used, upper case.
     pub method: String,
-    #[serde(with = "rfc3339_millis")]
     /// The slot the check was scheduled for.
-    pub scheduled_at: SystemTime,
     #[serde(with = "rfc3339_millis")]
+    pub scheduled_at: SystemTime,
     /// When the check actually started: later than `scheduled_at` when the checker was busy.
+    #[serde(with = "rfc3339_millis")]
     pub started_at: SystemTime,
     /// Total elapsed time of the check, also when it failed.
     pub response_time_ms: f64,
@@ -88,9 +88,9 @@ pub struct CheckError {
     pub message: String,
 }
 
+/// The kinds of failure a check can have; stored as an enum in PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-/// The kinds of failure a check can have; stored as an enum in PostgreSQL.
 pub enum ErrorKind {
     /// No complete response within the target's `timeout`.
     Timeout,
@@ -123,9 +123,9 @@ impl ErrorKind {
     }
 }
 
+/// How fast a response was, as the `latency` transform classifies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-/// How fast a response was, as the `latency` transform classifies it.
 pub enum LatencyClass {
     /// Under the `slow` threshold.
     Ok,

@@ -8,8 +8,8 @@ use std::fmt;
 
 use crate::registry::StageKind;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 /// How bad a diagnostic is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
     /// The pipeline cannot run.
     Error,
@@ -37,8 +37,8 @@ pub struct StageRef {
     pub type_name: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
 /// One problem found in a pipeline file, located as precisely as the file allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
     /// Error or warning.
     pub severity: Severity,

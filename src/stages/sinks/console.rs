@@ -14,9 +14,9 @@ use crate::stage::{BoxError, Input, Sink, SinkContext};
 /// How many ready events are written with one flush.
 const BATCH: usize = 256;
 
+/// The settings of the `console` sink.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-/// The settings of the `console` sink.
 pub struct ConsoleConfig {
     /// Pretty-print each event over several lines instead of one JSON line. Default `false`.
     #[serde(default)]

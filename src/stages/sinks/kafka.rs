@@ -47,9 +47,9 @@ fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
+/// The settings of the `kafka` sink.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-/// The settings of the `kafka` sink.
 pub struct KafkaSinkConfig {
     /// Bootstrap brokers, `host:port[,host:port…]`.
     pub brokers: String,

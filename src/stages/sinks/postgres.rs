@@ -65,9 +65,9 @@ fn default_max_backoff() -> Duration {
     Duration::from_secs(30)
 }
 
+/// The settings of the `postgres` sink.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-/// The settings of the `postgres` sink.
 pub struct PostgresSinkConfig {
     /// libpq-style URL: `postgres://user:password@host:port/db?sslmode=require&sslrootcert=ca.pem`.
     pub url: String,

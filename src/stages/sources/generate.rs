@@ -16,9 +16,9 @@ fn default_interval() -> Duration {
     Duration::from_secs(1)
 }
 
+/// The settings of the `generate` source.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-/// The settings of the `generate` source.
 pub struct GenerateConfig {
     /// Time between two events; the first is emitted at once. Default `1s`.
     #[serde(default = "default_interval", with = "duration")]

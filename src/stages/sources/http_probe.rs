@@ -108,9 +108,9 @@ pub struct TargetConfig {
     pub follow_redirects: Option<bool>,
 }
 
+/// The settings of the `http_probe` source.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-/// The settings of the `http_probe` source.
 pub struct HttpProbeConfig {
     /// Targets, listed inline.
     #[serde(default)]

@@ -68,9 +68,9 @@ pub enum Format {
     Json,
 }
 
+/// The settings of the `kafka` source.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-/// The settings of the `kafka` source.
 pub struct KafkaSourceConfig {
     /// Bootstrap brokers, `host:port[,host:port…]`.
     pub brokers: String,

@@ -29,9 +29,9 @@ pub enum DownWhen {
     Critical,
 }
 
+/// Thresholds of one target, over the stage's.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-/// Thresholds of one target, over the stage's.
 pub struct Thresholds {
     /// Overrides the stage's `slow` for this target.
     #[serde(default, with = "duration::option")]
@@ -41,9 +41,9 @@ pub struct Thresholds {
     pub critical: Option<Duration>,
 }
 
+/// The settings of the `latency` transform.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-/// The settings of the `latency` transform.
 pub struct LatencyConfig {
     /// A check taking at least this long is `slow`.
     #[serde(with = "duration")]

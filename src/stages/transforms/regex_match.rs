@@ -46,9 +46,9 @@ pub fn compile_pattern(pattern: &str) -> Result<Regex, String> {
         .map_err(|e| format!("invalid regex: {e}"))
 }
 
+/// The settings of the `regex_match` transform.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-/// The settings of the `regex_match` transform.
 pub struct RegexMatchConfig {
     /// A pattern for checks whose target has no `regex` of its own. The source must keep those
     /// bodies too (`http_probe`'s `keep_bodies: true`).
