@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::writer::{self, ids, scalar, scalar_or_minus_one, stored_ids, wait_for};
+use support::writer::{
+    self, ids, scalar, scalar_or_minus_one, static_member, stored_ids, wait_for,
+};
 use support::{http, unique_name};
 
 /// One test at a time: each stops services the others use. (tokio's lock does not poison, so a
@@ -181,18 +183,6 @@ async fn backlog(prefix: &'static str, n: usize, targets: usize, extra_source: &
 }
 
 const COUNT: &str = "SELECT count(*) FROM checks";
-
-/// The source settings of a writer with a static identity, the same across its restarts, as
-/// an operator's service unit gives it. The writers killed here use one because tansu 0.6.0's
-/// group coordinator cannot get over the death of a dynamic member in every case: a writer
-/// started at once after a SIGKILL sometimes joins a generation whose leader is the dead
-/// writer (librdkafka: "JoinGroup response: GenerationId 1, ... LeaderId <the dead member>"),
-/// then gets an empty assignment ("SyncGroup response: Success (0 bytes of MemberState
-/// data)") and holds no partition for ever. Apache Kafka would drop the dead member when its
-/// session ended and form a new generation; see the README.
-fn static_member() -> String {
-    format!("    instance_id: {}\n", unique_name("writer"))
-}
 
 /// Waits until the writer has stored more than `rows` (or `timeout` passes); the count then.
 async fn wait_for_more(url: &str, rows: i64, timeout: Duration) -> i64 {

@@ -37,7 +37,13 @@ async fn a_writer_killed_mid_stream_and_restarted_stores_every_check_once() {
     let file = dir.path().join("writer.yaml");
     std::fs::write(
         &file,
-        writer::writer_yaml(&brokers, &topic, &unique_name("group"), &db.url, ""),
+        writer::writer_yaml(
+            &brokers,
+            &topic,
+            &unique_name("group"),
+            &db.url,
+            &writer::static_member(),
+        ),
     )
     .unwrap();
 
