@@ -146,24 +146,6 @@ async fn topics_records_and_committed_offsets_survive_a_broker_restart() {
             .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
             .expect("commit");
     };
-    let committed = |brokers: &str| -> Vec<Offset> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", &group)
-            .create()
-            .unwrap();
-        let mut partitions = TopicPartitionList::new();
-        for partition in 0..3 {
-            partitions.add_partition(&topic, partition);
-        }
-        consumer
-            .committed_offsets(partitions, Duration::from_secs(10))
-            .expect("committed offsets")
-            .elements()
-            .iter()
-            .map(|e| e.offset())
-            .collect()
-    };
     tokio::task::block_in_place(|| commit(&broker.brokers));
 
     let started = std::time::Instant::now();
@@ -181,7 +163,10 @@ async fn topics_records_and_committed_offsets_survive_a_broker_restart() {
         let records: usize = (0..3)
             .map(|partition| read_from(&brokers, &topic, partition, 0, N / 3).len())
             .sum();
-        (records, committed(&brokers))
+        (
+            records,
+            support::committed_offsets(&brokers, &group, &topic, 0..3),
+        )
     });
     println!("after the restart: {records} of {N} records, committed offsets {offsets:?}");
     assert_eq!(records, N, "every record is still there");
@@ -461,18 +446,9 @@ sinks:
     );
 
     // Everything before the batch was handled and committed, and nothing past it.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", &group)
-        .create()
-        .unwrap();
-    let mut partitions = TopicPartitionList::new();
-    partitions.add_partition(&topic, 1);
-    let committed = tokio::task::block_in_place(|| {
-        consumer.committed_offsets(partitions, Duration::from_secs(10))
-    })
-    .unwrap();
-    assert_eq!(committed.elements()[0].offset(), Offset::Offset(40));
+    let committed =
+        tokio::task::block_in_place(|| support::committed_offsets(&brokers, &group, &topic, 1..2));
+    assert_eq!(committed, [Offset::Offset(40)]);
 }
 
 /// A topic that is missing while results are made (a broker that came up without it, as

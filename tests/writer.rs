@@ -318,34 +318,16 @@ sinks:
     assert_eq!(unique.len(), N);
 
     // The group's committed offsets reached the end of every partition.
-    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", &group)
-        .create()
-        .unwrap();
-    let mut partitions = rdkafka::TopicPartitionList::new();
-    for p in 0..3 {
-        partitions.add_partition(&topic, p);
-    }
     let committed = tokio::task::spawn_blocking(move || {
-        rdkafka::consumer::Consumer::committed_offsets(
-            &consumer,
-            partitions,
-            Duration::from_secs(10),
-        )
-        .unwrap()
+        support::committed_offsets(&brokers, &group, &topic, 0..3)
     })
     .await
     .unwrap();
     let total: i64 = committed
-        .elements()
         .iter()
-        .map(|e| match e.offset() {
-            rdkafka::Offset::Offset(o) => o,
-            other => panic!(
-                "partition {} has no committed offset: {other:?}",
-                e.partition()
-            ),
+        .map(|offset| match offset {
+            rdkafka::Offset::Offset(o) => *o,
+            other => panic!("a partition has no committed offset: {other:?}"),
         })
         .sum();
     assert_eq!(total, N as i64);

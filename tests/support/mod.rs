@@ -294,3 +294,30 @@ pub async fn consume_all(
     }
     messages
 }
+
+/// The offsets `group` has committed for partitions `partitions` of `topic`, in that order.
+/// Blocking: call it in `spawn_blocking` or `block_in_place`.
+pub fn committed_offsets(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: std::ops::Range<i32>,
+) -> Vec<rdkafka::Offset> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut list = rdkafka::TopicPartitionList::new();
+    for partition in partitions {
+        list.add_partition(topic, partition);
+    }
+    consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed offsets")
+        .elements()
+        .iter()
+        .map(|e| e.offset())
+        .collect()
+}
