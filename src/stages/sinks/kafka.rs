@@ -36,6 +36,7 @@ use crate::config::duration;
 use crate::kafka::{self, Options, SlogContext};
 use crate::registry::{BuildContext, StageConfig};
 use crate::stage::{BoxError, Input, Sink, SinkContext};
+use crate::throttle::RepeatedWarning;
 
 fn default_key() -> String {
     "target".to_owned()
@@ -260,6 +261,29 @@ fn is_missing_topic(error: &KafkaError) -> bool {
 /// How long to wait before sending again a message whose topic was missing.
 const MISSING_TOPIC_RETRY: Duration = Duration::from_secs(1);
 
+/// Says, at most once per 30 s for all of the sink's messages, that results wait for their
+/// missing topic, so an operator who deleted it (or never created it) sees why nothing lands.
+#[derive(Clone)]
+struct MissingTopicWarning {
+    logger: slog::Logger,
+    repeats: Arc<std::sync::Mutex<RepeatedWarning>>,
+}
+
+impl MissingTopicWarning {
+    fn occurred(&self, topic: &str, error: &KafkaError) {
+        let report = self
+            .repeats
+            .lock()
+            .expect("not poisoned")
+            .occurred(std::time::Instant::now());
+        if let Some(report) = report {
+            warn!(self.logger, "the topic is missing; results wait and are sent again until message.timeout.ms";
+                  "topic" => topic, "error" => %error,
+                  "lasted" => duration::format_approx(report.lasted), "occurrences" => report.occurrences);
+        }
+    }
+}
+
 /// Sends one message and waits for the broker's verdict. A missing topic is not final until
 /// `give_up`: the message is sent again every second until then, so a topic deleted and
 /// re-created (or created late) loses nothing. librdkafka retries everything else itself.
@@ -269,6 +293,7 @@ async fn deliver(
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
     give_up: Instant,
+    missing: MissingTopicWarning,
 ) -> Result<(), KafkaError> {
     loop {
         let mut record = FutureRecord::to(&topic).payload(&payload);
@@ -290,6 +315,7 @@ async fn deliver(
         };
         match outcome {
             Err(e) if is_missing_topic(&e) && Instant::now() + MISSING_TOPIC_RETRY < give_up => {
+                missing.occurred(&topic, &e);
                 tokio::time::sleep(MISSING_TOPIC_RETRY).await;
             }
             outcome => return outcome,
@@ -370,6 +396,10 @@ impl Sink for KafkaSink {
     async fn run(self: Box<Self>, mut input: Input, cx: SinkContext) -> Result<(), BoxError> {
         let mut in_flight: FuturesUnordered<Delivery> = FuturesUnordered::new();
         let mut tally = Tally::default();
+        let missing = MissingTopicWarning {
+            logger: cx.logger.clone(),
+            repeats: Arc::default(),
+        };
         let mut shutdown_at: Option<Instant> = None;
 
         loop {
@@ -392,6 +422,7 @@ impl Sink for KafkaSink {
                         key,
                         payload,
                         Instant::now() + self.message_timeout,
+                        missing.clone(),
                     );
                     in_flight.push(Box::pin(async move { (delivery.await, ack) }));
                 }
