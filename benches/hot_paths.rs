@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pipe::check::{check_id, CheckResult, LatencyClass, Timings, SCHEMA_VERSION};
+use pipe::check::{check_id, CheckResult, LatencyClass, Timings, TlsInfo, SCHEMA_VERSION};
 use pipe::compiler::{CompiledPipeline, CompiledStage};
 use pipe::registry::{BuiltStage, StageKind};
 use pipe::stages::transforms::regex_match::RegexMatchConfig;
@@ -44,7 +44,30 @@ fn result() -> CheckResult {
         body_bytes: Some(1256),
         remote_addr: Some("93.184.215.14:443".into()),
         http_version: Some("HTTP/2".into()),
+        tls: None,
+        region: None,
+        checker: None,
         captures: None,
+    }
+}
+
+/// The same check as an HTTPS check reports it with issue 14's fields: TLS details of a
+/// typical public certificate, and the checker's identity.
+fn result_with_tls() -> CheckResult {
+    CheckResult {
+        tls: Some(TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS_AES_256_GCM_SHA384".into(),
+            cert_not_before: UNIX_EPOCH + Duration::from_secs(1_795_000_000),
+            cert_not_after: UNIX_EPOCH + Duration::from_secs(1_802_776_000),
+            cert_issuer: "CN=R11,O=Let's Encrypt,C=US".into(),
+            cert_subject: "CN=www.example.com".into(),
+            cert_sans: vec!["www.example.com".into(), "example.com".into()],
+            cert_expires_soon: false,
+        }),
+        region: Some("eu-west".into()),
+        checker: Some("checker-eu-west-1".into()),
+        ..result()
     }
 }
 
@@ -59,6 +82,13 @@ fn encoding(c: &mut Criterion) {
             })
         },
     );
+    let result = result_with_tls();
+    c.bench_function("encode result with TLS details and checker identity", |b| {
+        b.iter(|| {
+            let fields = black_box(result.clone()).into_fields();
+            black_box(serde_json::to_vec(&fields).unwrap())
+        })
+    });
 }
 
 fn regex(c: &mut Criterion) {

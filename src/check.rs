@@ -58,9 +58,45 @@ pub struct CheckResult {
     pub remote_addr: Option<String>,
     /// The protocol of the last response, as on its status line (`HTTP/1.1`, `HTTP/2`).
     pub http_version: Option<String>,
+    /// The TLS connection and the server's leaf certificate, on HTTPS checks whose handshake
+    /// got as far as the certificate (also when the certificate was refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsInfo>,
+    /// The checker's region (its `region` setting), when it has one; part of `check_id` then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The checker that made the check (its `checker` setting, by default the host name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checker: Option<String>,
     /// Named capture groups of the regex, when it has any and matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub captures: Option<Map<String, Value>>,
+}
+
+/// What a check learnt of the TLS connection, from the handshake's server certificate message:
+/// the protocol and cipher negotiated, and the leaf certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    /// The protocol version, as OpenSSL names it (`TLSv1.3`, `TLSv1.2`).
+    pub version: String,
+    /// The cipher suite, by its IANA name (`TLS_AES_256_GCM_SHA384`).
+    pub cipher: String,
+    /// The leaf certificate's start of validity.
+    #[serde(with = "rfc3339_seconds")]
+    pub cert_not_before: SystemTime,
+    /// The leaf certificate's end of validity.
+    #[serde(with = "rfc3339_seconds")]
+    pub cert_not_after: SystemTime,
+    /// The issuer's distinguished name, RFC 4514 style, most significant part last
+    /// (`CN=R11,O=Let's Encrypt,C=US`).
+    pub cert_issuer: String,
+    /// The subject's distinguished name, written as `cert_issuer`.
+    pub cert_subject: String,
+    /// The subject alternative names: DNS names as they are, IP addresses as text.
+    pub cert_sans: Vec<String>,
+    /// Whether `cert_not_after` falls within the target's `cert_expiry_warning` of the check
+    /// (or has passed).
+    pub cert_expires_soon: bool,
 }
 
 /// Per-phase durations in milliseconds; a phase that did not happen is `None`. With redirects,
@@ -146,16 +182,24 @@ impl LatencyClass {
     }
 }
 
-/// The id of the check of `target` scheduled at `scheduled_at` (milliseconds are kept).
+/// The id of the check of `target` scheduled at `scheduled_at` (milliseconds are kept), by a
+/// checker without a region.
 pub fn check_id(target: &str, scheduled_at: SystemTime) -> Uuid {
+    check_id_in(target, scheduled_at, None)
+}
+
+/// The id of the check of `target` scheduled at `scheduled_at` from `region`: two regions
+/// checking the same slot make two checks. Without a region it is [`check_id`], unchanged.
+pub fn check_id_in(target: &str, scheduled_at: SystemTime, region: Option<&str>) -> Uuid {
     let millis = scheduled_at
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    Uuid::new_v5(
-        &CHECK_ID_NAMESPACE,
-        format!("{target}\n{millis}").as_bytes(),
-    )
+    let name = match region {
+        None => format!("{target}\n{millis}"),
+        Some(region) => format!("{target}\n{millis}\n{region}"),
+    };
+    Uuid::new_v5(&CHECK_ID_NAMESPACE, name.as_bytes())
 }
 
 /// Milliseconds as the schema writes them: a number with microsecond precision.
@@ -197,6 +241,24 @@ pub mod rfc3339_millis {
     }
 }
 
+/// `SystemTime` as RFC 3339 in UTC to the second, e.g. `2027-03-01T12:00:00Z`: certificate
+/// times have no finer precision.
+pub mod rfc3339_seconds {
+    use std::time::SystemTime;
+
+    use serde::{Deserializer, Serializer};
+
+    /// Serializes `time` to the second (`with = "rfc3339_seconds"`).
+    pub fn serialize<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_rfc3339_seconds(*time))
+    }
+
+    /// Parses an RFC 3339 time (any precision, `Z` or an offset).
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
+        super::rfc3339_millis::deserialize(deserializer)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +290,9 @@ mod tests {
             body_bytes: Some(1256),
             remote_addr: Some("93.184.216.34:443".into()),
             http_version: Some("HTTP/2".into()),
+            tls: None,
+            region: None,
+            checker: None,
             captures: None,
         }
     }
@@ -251,6 +316,36 @@ mod tests {
             sample().check_id.to_string()
         );
         assert_eq!(check_id("a", t).get_version_num(), 5);
+        // A region makes another check of the same slot; none keeps the id it always had.
+        assert_eq!(check_id_in("a", t, None), check_id("a", t));
+        assert_ne!(check_id_in("a", t, Some("eu-west")), check_id("a", t));
+        assert_ne!(
+            check_id_in("a", t, Some("eu-west")),
+            check_id_in("a", t, Some("us-east"))
+        );
+    }
+
+    #[test]
+    fn tls_details_serialize_with_dates_to_the_second() {
+        let mut check = sample();
+        check.tls = Some(TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS_AES_128_GCM_SHA256".into(),
+            cert_not_before: UNIX_EPOCH + Duration::from_secs(1_790_000_000),
+            cert_not_after: UNIX_EPOCH + Duration::from_secs(1_797_776_000),
+            cert_issuer: "CN=Test CA".into(),
+            cert_subject: "CN=example.com".into(),
+            cert_sans: vec!["example.com".into(), "192.0.2.1".into()],
+            cert_expires_soon: false,
+        });
+        check.region = Some("eu-west".into());
+        check.checker = Some("probe-1".into());
+        let json = serde_json::to_value(&check).unwrap();
+        assert_eq!(json["tls"]["cert_not_after"], "2026-12-20T14:13:20Z");
+        assert_eq!(json["tls"]["cert_sans"][1], "192.0.2.1");
+        assert_eq!(json["region"], "eu-west");
+        let back: CheckResult = serde_json::from_value(json).unwrap();
+        assert_eq!(back, check);
     }
 
     #[test]

@@ -91,19 +91,10 @@ impl fmt::Debug for Database {
 
 use crate::secrets::redact_url;
 
-/// The password in `url`, if any, so messages from elsewhere can be scrubbed of it.
-fn password(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let userinfo = authority.rsplit_once('@')?.0;
-    let (_, password) = userinfo.split_once(':')?;
-    (!password.is_empty()).then(|| password.to_owned())
-}
-
 /// Replaces the URL's password in `message`.
 fn scrub(message: &str, url: &str) -> String {
-    match password(url) {
-        Some(password) if password.len() >= 2 => message.replace(&password, "***"),
+    match crate::secrets::url_password(url) {
+        Some(password) if password.len() >= 2 => message.replace(password, "***"),
         _ => message.to_owned(),
     }
 }

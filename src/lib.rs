@@ -87,6 +87,7 @@ pub mod compiler;
 pub mod config;
 pub mod database;
 pub mod event;
+pub mod ip_guard;
 pub mod kafka;
 pub mod libcurl;
 pub mod logging;

@@ -10,16 +10,46 @@
 //!
 //! The loop follows libcurl's own `multi-poll.c` example: `curl_multi_perform`, read the
 //! finished transfers, `curl_multi_poll`, which `curl_multi_wakeup` ends from another thread.
+//!
+//! Two hooks reach below libcurl's options. TLS details come from a verify callback installed
+//! in each connection's `SSL_CTX` (libcurl's `CURLOPT_SSL_CTX_FUNCTION`): it sees the
+//! negotiated protocol, the cipher and the server's certificates while the handshake runs, so
+//! a refused certificate is reported as fully as an accepted one. The private-address guard
+//! is libcurl's `CURLOPT_OPENSOCKETFUNCTION`, which is handed the address about to be
+//! connected to, after DNS resolution ([`crate::ip_guard`]).
 
+use std::cell::Cell;
+use std::ffi::c_void;
 use std::io;
+use std::mem::ManuallyDrop;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use curl::easy::{Easy2, Handler, List, WriteError};
+use curl::easy::{Easy2, Handler, IpResolve, List, WriteError};
 use curl::multi::{Easy2Handle, Multi, MultiWaker};
 use http::Method;
+use openssl::asn1::{Asn1Time, Asn1TimeRef};
+use openssl::ssl::{SslContextBuilder, SslVerifyMode};
+use openssl::x509::{X509NameRef, X509StoreContext, X509};
 use tokio::sync::oneshot;
+
+use crate::check::TlsInfo;
+use crate::ip_guard;
+
+/// Which address family a transfer may connect over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IpVersion {
+    /// Whatever the name resolves to, IPv6 first when both work (libcurl's happy eyeballs).
+    #[default]
+    Any,
+    /// IPv4 only.
+    V4,
+    /// IPv6 only.
+    V6,
+}
 
 /// What to fetch, and how. Built by the caller for each transfer.
 #[derive(Debug)]
@@ -42,6 +72,14 @@ pub struct Request {
     pub max_body_bytes: u64,
     /// Keep the body (up to `max_body_bytes`) in the outcome.
     pub keep_body: bool,
+    /// The address family to connect over.
+    pub ip_version: IpVersion,
+    /// A proxy URL (`http://`, `https://`, `socks5://`, `socks5h://`), credentials included.
+    pub proxy: Option<Arc<str>>,
+    /// A PEM file of CA certificates to trust instead of the system's.
+    pub ca_file: Option<Arc<Path>>,
+    /// Refuse to connect to loopback, private, link-local and other reserved addresses.
+    pub deny_private_addresses: bool,
 }
 
 /// libcurl's cumulative timers, from the start of the transfer.
@@ -79,6 +117,25 @@ pub struct Outcome {
     pub body: Option<Vec<u8>>,
     /// libcurl's timers for the transfer.
     pub times: Times,
+    /// The TLS connection and the server's leaf certificate, when a handshake got that far
+    /// (`cert_expires_soon` left false: judging it is the caller's).
+    pub tls: Option<TlsInfo>,
+    /// The address the private-address guard refused, and why, when it refused one.
+    pub refused_address: Option<(IpAddr, &'static str)>,
+}
+
+/// What the verify callback saw of a handshake.
+struct Handshake {
+    version: &'static str,
+    cipher: Option<&'static str>,
+    leaf: Option<X509>,
+}
+
+/// The private-address guard's state for one transfer. Boxed, so the open-socket callback can
+/// hold a pointer to it while the collector moves.
+#[derive(Default)]
+struct Guard {
+    refused: Cell<Option<(IpAddr, &'static str)>>,
 }
 
 /// Collects one transfer's response on the agent's thread.
@@ -90,6 +147,9 @@ struct Collector {
     body: Vec<u8>,
     too_large: bool,
     version: Option<&'static str>,
+    /// Filled in by the verify callback, which runs inside OpenSSL and outlives no transfer.
+    handshake: Arc<Mutex<Option<Handshake>>>,
+    guard: Box<Guard>,
 }
 
 impl Collector {
@@ -97,9 +157,17 @@ impl Collector {
         *self = Collector {
             limit,
             keep,
+            handshake: std::mem::take(&mut self.handshake),
+            guard: std::mem::take(&mut self.guard),
             ..Collector::default()
         };
+        *lock(&self.handshake) = None;
+        self.guard.refused.set(None);
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Handler for Collector {
@@ -130,6 +198,100 @@ impl Handler for Collector {
             });
         }
         true
+    }
+
+    fn ssl_ctx(&mut self, cx: *mut c_void) -> Result<(), curl::Error> {
+        // SAFETY: libcurl (OpenSSL backend, the only one built) hands over the SSL_CTX of the
+        // connection being set up, before its handshake. The builder only borrows it: it is
+        // never dropped, so the context stays libcurl's to free.
+        let mut context = ManuallyDrop::new(unsafe { SslContextBuilder::from_ptr(cx.cast()) });
+        // libcurl sets SSL_VERIFY_NONE and judges the verification result itself after the
+        // handshake; keep whatever mode it chose, and add only a callback that looks.
+        let mode = SslVerifyMode::from_bits_truncate(unsafe {
+            openssl_sys::SSL_CTX_get_verify_mode(cx.cast())
+        });
+        let slot = Arc::clone(&self.handshake);
+        context.set_verify_callback(mode, move |preverified, store| {
+            let mut slot = lock(&slot);
+            if slot.is_none() {
+                let ssl = X509StoreContext::ssl_idx()
+                    .ok()
+                    .and_then(|index| store.ex_data(index));
+                if let Some(ssl) = ssl {
+                    // On a client, the chain the server sent starts with its own certificate.
+                    let leaf = ssl
+                        .peer_cert_chain()
+                        .and_then(|chain| chain.iter().next())
+                        .map(|cert| cert.to_owned());
+                    *slot = Some(Handshake {
+                        version: ssl.version_str(),
+                        cipher: ssl
+                            .current_cipher()
+                            .map(|c| c.standard_name().unwrap_or(c.name())),
+                        leaf,
+                    });
+                }
+            }
+            preverified
+        });
+        Ok(())
+    }
+}
+
+/// libcurl's open-socket callback while the private-address guard is on: refuses reserved
+/// addresses, and opens the socket as the curl crate would otherwise (close-on-exec).
+extern "C" fn open_guarded_socket(
+    data: *mut c_void,
+    _purpose: curl_sys::curlsocktype,
+    address: *mut curl_sys::curl_sockaddr,
+) -> curl_sys::curl_socket_t {
+    // SAFETY: `data` is the collector's boxed guard, set with this callback and alive as long
+    // as the easy handle; `address` is libcurl's, valid for the call, its `addr` as long as
+    // `addrlen` says.
+    let (guard, address) = unsafe { (&*(data as *const Guard), &*address) };
+    let ip = unsafe { socket_ip(address) };
+    let why = match ip {
+        Some(ip) => ip_guard::reserved_range(ip),
+        None => Some("not an internet address"),
+    };
+    if let Some(why) = why {
+        guard
+            .refused
+            .set(Some((ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), why)));
+        return curl_sys::CURL_SOCKET_BAD;
+    }
+    // SAFETY: a plain socket(2) call with the family, type and protocol libcurl asked for.
+    let fd = unsafe {
+        libc::socket(
+            address.family,
+            address.socktype | libc::SOCK_CLOEXEC,
+            address.protocol,
+        )
+    };
+    if fd < 0 {
+        curl_sys::CURL_SOCKET_BAD
+    } else {
+        fd
+    }
+}
+
+/// The IP address in a `curl_sockaddr`, if it holds one.
+///
+/// # Safety
+/// `address.addr` must hold `address.addrlen` valid bytes, as libcurl guarantees.
+unsafe fn socket_ip(address: &curl_sys::curl_sockaddr) -> Option<IpAddr> {
+    let addr = std::ptr::addr_of!(address.addr);
+    let len = address.addrlen as usize;
+    match address.family {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            let v4 = std::ptr::read_unaligned(addr.cast::<libc::sockaddr_in>());
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr))))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            let v6 = std::ptr::read_unaligned(addr.cast::<libc::sockaddr_in6>());
+            Some(IpAddr::V6(Ipv6Addr::from(v6.sin6_addr.s6_addr)))
+        }
+        _ => None,
     }
 }
 
@@ -361,6 +523,36 @@ fn configure(easy: &mut Easy2<Collector>, request: &Request) -> Result<(), curl:
         // than a visitor's, and a `tls` phase that is not the real one.
         easy.ssl_sessionid_cache(false)?;
     }
+    easy.ip_resolve(match request.ip_version {
+        IpVersion::Any => IpResolve::Any,
+        IpVersion::V4 => IpResolve::V4,
+        IpVersion::V6 => IpResolve::V6,
+    })?;
+    if let Some(proxy) = &request.proxy {
+        easy.proxy(proxy)?;
+    }
+    if let Some(ca_file) = &request.ca_file {
+        easy.cainfo(ca_file)?;
+    }
+    if request.deny_private_addresses {
+        let guard: *const Guard = &*easy.get_ref().guard;
+        let callback: curl_sys::curl_opensocket_callback = open_guarded_socket;
+        // SAFETY: the callback has libcurl's signature, and the guard lives in the collector's
+        // box as long as the handle does. `reset` puts the curl crate's own callback back.
+        unsafe {
+            let raw = easy.raw();
+            check(curl_sys::curl_easy_setopt(
+                raw,
+                curl_sys::CURLOPT_OPENSOCKETFUNCTION,
+                callback,
+            ))?;
+            check(curl_sys::curl_easy_setopt(
+                raw,
+                curl_sys::CURLOPT_OPENSOCKETDATA,
+                guard as *mut c_void,
+            ))?;
+        }
+    }
     match (request.method.as_str(), &request.body) {
         ("GET", None) => easy.get(true)?,
         ("HEAD", None) => easy.nobody(true)?,
@@ -379,6 +571,14 @@ fn configure(easy: &mut Easy2<Collector>, request: &Request) -> Result<(), curl:
     Ok(())
 }
 
+fn check(code: curl_sys::CURLcode) -> Result<(), curl::Error> {
+    if code == curl_sys::CURLE_OK {
+        Ok(())
+    } else {
+        Err(curl::Error::new(code))
+    }
+}
+
 fn empty_outcome() -> Outcome {
     Outcome {
         result: Ok(()),
@@ -389,6 +589,8 @@ fn empty_outcome() -> Outcome {
         body_bytes: 0,
         body: None,
         times: Times::default(),
+        tls: None,
+        refused_address: None,
     }
 }
 
@@ -415,6 +617,7 @@ fn outcome(easy: &mut Easy2<Collector>, result: Result<(), curl::Error>) -> Outc
         total: time(easy.total_time()),
     };
     let collector = easy.get_mut();
+    let tls = lock(&collector.handshake).take().and_then(tls_info);
     Outcome {
         result,
         body_too_large: collector.too_large,
@@ -424,7 +627,89 @@ fn outcome(easy: &mut Easy2<Collector>, result: Result<(), curl::Error>) -> Outc
         body_bytes: collector.read,
         body: collector.keep.then(|| std::mem::take(&mut collector.body)),
         times,
+        tls,
+        refused_address: collector.guard.refused.take(),
     }
+}
+
+/// The handshake's facts in the schema's terms; `None` without a certificate to describe.
+fn tls_info(handshake: Handshake) -> Option<TlsInfo> {
+    let leaf = handshake.leaf?;
+    let sans = leaf
+        .subject_alt_names()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|name| {
+                    name.dnsname().map(str::to_owned).or_else(|| {
+                        name.ipaddress().and_then(|bytes| match bytes.len() {
+                            4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?).to_string()),
+                            16 => {
+                                Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?).to_string())
+                            }
+                            _ => None,
+                        })
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(TlsInfo {
+        version: handshake.version.to_owned(),
+        cipher: handshake.cipher.unwrap_or("unknown").to_owned(),
+        cert_not_before: system_time(leaf.not_before())?,
+        cert_not_after: system_time(leaf.not_after())?,
+        cert_issuer: distinguished_name(leaf.issuer_name()),
+        cert_subject: distinguished_name(leaf.subject_name()),
+        cert_sans: sans,
+        cert_expires_soon: false,
+    })
+}
+
+fn system_time(time: &Asn1TimeRef) -> Option<SystemTime> {
+    let diff = Asn1Time::from_unix(0).ok()?.diff(time).ok()?;
+    let seconds = i64::from(diff.days) * 86_400 + i64::from(diff.secs);
+    Some(if seconds >= 0 {
+        UNIX_EPOCH + Duration::from_secs(seconds.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_secs(seconds.unsigned_abs())
+    })
+}
+
+/// A distinguished name as RFC 4514 writes it: the last component first, `,` between them,
+/// and the characters it reserves escaped.
+fn distinguished_name(name: &X509NameRef) -> String {
+    let mut parts: Vec<String> = name
+        .entries()
+        .map(|entry| {
+            let nid = entry.object().nid();
+            let key = nid
+                .short_name()
+                .map(str::to_owned)
+                .unwrap_or_else(|_| entry.object().to_string());
+            let value = entry
+                .data()
+                .to_string()
+                .unwrap_or_else(|_| String::from_utf8_lossy(entry.data().as_slice()).into_owned());
+            format!("{key}={}", escape_dn_value(&value))
+        })
+        .collect();
+    parts.reverse();
+    parts.join(",")
+}
+
+fn escape_dn_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let leading = i == 0 && (c == ' ' || c == '#');
+        let trailing = i == last && c == ' ';
+        if leading || trailing || matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -457,6 +742,10 @@ mod tests {
             fresh_connection: true,
             max_body_bytes: 1024,
             keep_body: false,
+            ip_version: IpVersion::Any,
+            proxy: None,
+            ca_file: None,
+            deny_private_addresses: false,
         };
         let agent = Arc::new(Agent::spawn("test-curl".into()).unwrap());
         let waiting = tokio::spawn({
@@ -515,6 +804,28 @@ mod tests {
                 collector.version
             ),
             (0, 0, false, None)
+        );
+    }
+
+    #[test]
+    fn distinguished_names_are_written_as_rfc_4514_says() {
+        let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("C", "US").unwrap();
+        name.append_entry_by_text("O", "Example, Inc.").unwrap();
+        name.append_entry_by_text("CN", "#1 site").unwrap();
+        let name = name.build();
+        assert_eq!(
+            distinguished_name(&name),
+            "CN=\\#1 site,O=Example\\, Inc.,C=US"
+        );
+    }
+
+    #[test]
+    fn certificate_times_become_system_times() {
+        let time = Asn1Time::from_unix(1_797_776_000).unwrap();
+        assert_eq!(
+            system_time(&time),
+            Some(UNIX_EPOCH + Duration::from_secs(1_797_776_000))
         );
     }
 

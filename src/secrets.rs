@@ -27,9 +27,26 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The password in `url`'s user information, if it has one, so that messages quoting the URL
+/// in other words (a library's error) can be scrubbed of it.
+pub fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let userinfo = authority.rsplit_once('@')?.0;
+    let (_, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then_some(password)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_found_in_user_information_only() {
+        assert_eq!(url_password("socks5://u:pw@proxy:1080"), Some("pw"));
+        assert_eq!(url_password("http://u@proxy:3128"), None);
+        assert_eq!(url_password("http://proxy:3128/a:b@c"), None);
+    }
 
     #[test]
     fn urls_in_results_never_carry_passwords() {

@@ -56,6 +56,9 @@ pub fn checks(n: usize, targets: usize) -> Vec<CheckResult> {
                 body_bytes: (!failed).then_some(1256),
                 remote_addr: (!failed).then(|| "93.184.215.14:443".into()),
                 http_version: (!failed).then(|| "HTTP/2".into()),
+                tls: None,
+                region: None,
+                checker: None,
                 captures: None,
             }
         })

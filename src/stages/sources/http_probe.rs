@@ -23,13 +23,13 @@ use serde::Deserialize;
 use slog::info;
 use tokio::time::Instant;
 
-use crate::check::{self, CheckError, CheckResult, ErrorKind, Timings, SCHEMA_VERSION};
+use crate::check::{self, CheckError, CheckResult, ErrorKind, Timings, TlsInfo, SCHEMA_VERSION};
 use crate::config::diagnostic::ConfigError;
 use crate::config::duration;
 use crate::config::interpolate;
 use crate::config::locate::Locations;
 use crate::event::Event;
-use crate::libcurl::{self, Agent, Outcome, Times};
+use crate::libcurl::{self, Agent, IpVersion, Outcome, Times};
 use crate::registry::{BuildContext, StageConfig};
 use crate::schedule::{self, Clock, Entry};
 use crate::secrets::redact_url;
@@ -61,6 +61,71 @@ fn default_method() -> String {
 }
 fn default_true() -> bool {
     true
+}
+fn default_cert_expiry_warning() -> Duration {
+    Duration::from_secs(14 * 86_400)
+}
+
+/// `ip_version`: `any`, `4` or `6`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IpVersionSetting(pub IpVersion);
+
+impl<'de> Deserialize<'de> for IpVersionSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        let version = match Raw::deserialize(deserializer)? {
+            Raw::Number(4) => IpVersion::V4,
+            Raw::Number(6) => IpVersion::V6,
+            Raw::Text(text) => match text.as_str() {
+                "any" => IpVersion::Any,
+                "4" => IpVersion::V4,
+                "6" => IpVersion::V6,
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "ip_version `{other}`: use any, 4 or 6"
+                    )))
+                }
+            },
+            Raw::Number(other) => {
+                return Err(serde::de::Error::custom(format!(
+                    "ip_version {other}: use any, 4 or 6"
+                )))
+            }
+        };
+        Ok(Self(version))
+    }
+}
+
+/// `down_when_cert_expires_within`: a duration, or `true` for the target's
+/// `cert_expiry_warning` (`false`: report only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertExpiryDown {
+    /// Down within the `cert_expiry_warning` window, or not at all.
+    Warning(bool),
+    /// Down when the certificate ends within this.
+    Within(Duration),
+}
+
+impl<'de> Deserialize<'de> for CertExpiryDown {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Flag(flag) => Ok(Self::Warning(flag)),
+            Raw::Text(text) => duration::parse(&text)
+                .map(Self::Within)
+                .map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// An item of `expected_status`: a code, or an inclusive range written `"200-299"`.
@@ -106,6 +171,29 @@ pub struct TargetConfig {
     /// Follow redirects (at most 10). Default: the stage's `follow_redirects`.
     #[serde(default)]
     pub follow_redirects: Option<bool>,
+    /// A PEM file of CA certificates to trust (instead of the system's), for sites with a
+    /// private CA; relative to the pipeline file. Default: the stage's `tls_ca_file`.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// Report (`tls.cert_expires_soon`) a certificate that ends within this. Default: the
+    /// stage's `cert_expiry_warning`.
+    #[serde(default, with = "duration::option")]
+    pub cert_expiry_warning: Option<Duration>,
+    /// Count a check down when its certificate ends within this duration (or, with `true`,
+    /// within `cert_expiry_warning`). Default: the stage's.
+    #[serde(default)]
+    pub down_when_cert_expires_within: Option<CertExpiryDown>,
+    /// The address family to connect over: `any`, `4` or `6`. Default: the stage's.
+    #[serde(default)]
+    pub ip_version: Option<IpVersionSetting>,
+    /// A proxy to check through: `http://`, `https://`, `socks5://` or `socks5h://`, with
+    /// credentials through `${VAR}`. Default: the stage's `proxy`.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Refuse to connect to loopback, private, link-local and other reserved addresses, after
+    /// DNS resolution. Default: the stage's `deny_private_addresses`.
+    #[serde(default)]
+    pub deny_private_addresses: Option<bool>,
 }
 
 /// The settings of the `http_probe` source.
@@ -153,6 +241,37 @@ pub struct HttpProbeConfig {
     /// stage-level `pattern`). Default `false`: only bodies a target's regex needs are kept.
     #[serde(default)]
     pub keep_bodies: bool,
+    /// Default PEM file of CA certificates to trust instead of the system's, relative to the
+    /// pipeline file (Telegraf's `tls_ca`, blackbox_exporter's `tls_config.ca_file`).
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// Default window in which a certificate's end is reported as near
+    /// (`tls.cert_expires_soon`). Default `14d`.
+    #[serde(default = "default_cert_expiry_warning", with = "duration")]
+    pub cert_expiry_warning: Duration,
+    /// Default for counting a check down because its certificate ends soon: a duration, or
+    /// `true` for `cert_expiry_warning`. Default: never (reported, not judged).
+    #[serde(default)]
+    pub down_when_cert_expires_within: Option<CertExpiryDown>,
+    /// Default address family: `any` (the default), `4` or `6`.
+    #[serde(default)]
+    pub ip_version: IpVersionSetting,
+    /// Default proxy for every check (`http://`, `https://`, `socks5://`, `socks5h://`).
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Refuse to connect to loopback, private, link-local and other reserved addresses, after
+    /// DNS resolution (a public name that resolves to 127.0.0.1 too), as a `connect` failure.
+    /// Default `false`: monitoring internal sites is legitimate. Turn it on when targets come
+    /// from users.
+    #[serde(default)]
+    pub deny_private_addresses: bool,
+    /// Where the checker runs, such as `eu-west`: in every result, and part of `check_id`, so
+    /// that checks of one slot from two regions are two checks. Default: none.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// This checker's name in every result. Default: the host name.
+    #[serde(default)]
+    pub checker: Option<String>,
 }
 
 /// Which status codes count as up.
@@ -212,6 +331,13 @@ struct Target {
     timeout: Duration,
     follow_redirects: bool,
     host_is_ip: bool,
+    ca_file: Option<Arc<std::path::Path>>,
+    cert_expiry_warning: Duration,
+    /// Down when the certificate ends within this; `None`: report only.
+    down_within: Option<Duration>,
+    ip_version: IpVersion,
+    proxy: Option<Arc<str>>,
+    deny_private_addresses: bool,
 }
 
 impl StageConfig for HttpProbeConfig {
@@ -250,6 +376,11 @@ impl StageConfig for HttpProbeConfig {
                 "concurrency",
                 "at least 1 check must be allowed to run",
             ));
+        }
+        for (field, value) in [("region", &self.region), ("checker", &self.checker)] {
+            if let Some(Err(message)) = value.as_deref().map(|v| validate_identity(field, v)) {
+                errors.push(ConfigError::at(field, message));
+            }
         }
 
         // Inline targets are located by their index in the pipeline file; file targets by the
@@ -291,7 +422,7 @@ impl StageConfig for HttpProbeConfig {
                     format!("{at}.{name}")
                 }
             };
-            match resolve_target(&self, entry, defaults.as_ref()) {
+            match resolve_target(&self, entry, defaults.as_ref(), cx) {
                 Ok(target) => {
                     if !names.insert(target.name.clone()) {
                         errors.push(ConfigError::at(
@@ -338,6 +469,8 @@ impl StageConfig for HttpProbeConfig {
         Ok(Box::new(HttpProbe {
             targets,
             agents,
+            region: self.region.clone(),
+            checker: self.checker.clone().unwrap_or_else(host_name),
             reuse_connections: self.reuse_connections,
             concurrency: self.concurrency,
             max_body_bytes: self.max_body_bytes,
@@ -375,6 +508,7 @@ fn resolve_target(
     stage: &HttpProbeConfig,
     config: TargetConfig,
     default_status: Option<&StatusSet>,
+    cx: &BuildContext,
 ) -> Result<Target, TargetErrors> {
     let name = config.name.clone().unwrap_or_else(|| config.url.clone());
     let mut failures: Vec<(&'static str, String)> = Vec::new();
@@ -450,6 +584,46 @@ fn resolve_target(
         failures.push(("timeout", "the timeout must be longer than 0".into()));
     }
 
+    let ca_file = config
+        .tls_ca_file
+        .as_ref()
+        .or(stage.tls_ca_file.as_ref())
+        .and_then(|file| match load_ca_file(&cx.resolve_path(file)) {
+            Ok(path) => Some(path),
+            Err(message) => {
+                failures.push(("tls_ca_file", format!("tls_ca_file `{file}`: {message}")));
+                None
+            }
+        });
+    let proxy = config.proxy.as_ref().or(stage.proxy.as_ref());
+    if let Some(proxy) = proxy {
+        if let Err(message) = validate_proxy(proxy) {
+            failures.push(("proxy", message));
+        }
+    }
+    let deny_private_addresses = config
+        .deny_private_addresses
+        .unwrap_or(stage.deny_private_addresses);
+    if deny_private_addresses && proxy.is_some() {
+        failures.push((
+            "deny_private_addresses",
+            "deny_private_addresses cannot guard checks through a proxy: the proxy resolves \
+             the target and connects to it, out of the checker's sight"
+                .into(),
+        ));
+    }
+    let cert_expiry_warning = config
+        .cert_expiry_warning
+        .unwrap_or(stage.cert_expiry_warning);
+    let down_within = match config
+        .down_when_cert_expires_within
+        .or(stage.down_when_cert_expires_within)
+    {
+        None | Some(CertExpiryDown::Warning(false)) => None,
+        Some(CertExpiryDown::Warning(true)) => Some(cert_expiry_warning),
+        Some(CertExpiryDown::Within(within)) => Some(within),
+    };
+
     if !failures.is_empty() {
         return Err((redact_url(&name), failures));
     }
@@ -474,11 +648,85 @@ fn resolve_target(
         timeout,
         follow_redirects: config.follow_redirects.unwrap_or(stage.follow_redirects),
         host_is_ip,
+        ca_file,
+        cert_expiry_warning,
+        down_within,
+        ip_version: config.ip_version.unwrap_or(stage.ip_version).0,
+        proxy: proxy.map(|p| Arc::from(p.as_str())),
+        deny_private_addresses,
     })
+}
+
+/// Checks that `path` holds PEM certificates, so a typo fails at start rather than as a `tls`
+/// failure of every check.
+fn load_ca_file(path: &std::path::Path) -> Result<Arc<std::path::Path>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    match openssl::x509::X509::stack_from_pem(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(Arc::from(path)),
+        Ok(_) => Err("no PEM certificate in it".to_owned()),
+        Err(e) => Err(format!("not PEM certificates: {e}")),
+    }
+}
+
+/// The proxy schemes libcurl is built to speak here.
+const PROXY_SCHEMES: &[&str] = &["http", "https", "socks4", "socks4a", "socks5", "socks5h"];
+
+/// Validates a proxy URL; messages show it with any password hidden.
+fn validate_proxy(proxy: &str) -> Result<(), String> {
+    let shown = redact_url(proxy);
+    let uri: Uri = proxy
+        .parse()
+        .map_err(|_| format!("invalid proxy URL `{shown}`"))?;
+    match uri.scheme_str() {
+        Some(scheme) if PROXY_SCHEMES.contains(&scheme) => {}
+        Some(other) => {
+            return Err(format!(
+                "unsupported proxy scheme `{other}` in `{shown}`; use {}",
+                PROXY_SCHEMES.join(", ")
+            ))
+        }
+        None => {
+            return Err(format!(
+                "the proxy URL `{shown}` needs a scheme, such as http:// or socks5://"
+            ))
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("the proxy URL `{shown}` has no host"));
+    }
+    Ok(())
+}
+
+/// Checks a `region` or `checker` name: it goes into every result, and a region into
+/// `check_id`.
+fn validate_identity(field: &str, value: &str) -> Result<(), String> {
+    if value.trim().is_empty() {
+        return Err(format!("`{field}` is empty"));
+    }
+    if value.len() > 100 || value.chars().any(char::is_control) {
+        return Err(format!(
+            "`{field}` must be at most 100 bytes, without control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// The host name, the default `checker`.
+fn host_name() -> String {
+    let mut buffer = [0_u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer it is given.
+    let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    match std::str::from_utf8(&buffer[..end]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_owned(),
+        _ => "unknown".to_owned(),
+    }
 }
 
 struct HttpProbe {
     targets: Vec<Target>,
+    region: Option<String>,
+    checker: String,
     /// Target `i` is always checked by agent `i % agents.len()`.
     agents: Vec<Agent>,
     reuse_connections: bool,
@@ -493,6 +741,8 @@ impl Source for HttpProbe {
         let HttpProbe {
             targets,
             agents,
+            region,
+            checker,
             reuse_connections,
             concurrency,
             max_body_bytes,
@@ -508,6 +758,7 @@ impl Source for HttpProbe {
         let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
         let targets = Arc::new(targets);
         let agents = Arc::new(agents);
+        let identity = Arc::new((region, checker));
         let clock = Clock::new();
         let out = cx.out.clone();
         let logger = cx.logger.clone();
@@ -522,6 +773,7 @@ impl Source for HttpProbe {
             |slot| {
                 let targets = Arc::clone(&targets);
                 let agents = Arc::clone(&agents);
+                let identity = Arc::clone(&identity);
                 let mut out = out.clone();
                 let logger = logger.clone();
                 async move {
@@ -544,16 +796,27 @@ impl Source for HttpProbe {
                         fresh_connection: !reuse_connections,
                         max_body_bytes,
                         keep_body,
+                        ip_version: target.ip_version,
+                        proxy: target.proxy.clone(),
+                        ca_file: target.ca_file.clone(),
+                        deny_private_addresses: target.deny_private_addresses,
                     };
                     let (result, body) = probe(agent, request, target).await;
+                    let (region, checker) = &*identity;
                     let result = CheckResult {
                         schema_version: SCHEMA_VERSION,
-                        check_id: check::check_id(&target.name, scheduled_at),
+                        check_id: check::check_id_in(
+                            &target.name,
+                            scheduled_at,
+                            region.as_deref(),
+                        ),
                         target: target.name.clone(),
                         url: target.reported_url.clone(),
                         method: target.method.to_string(),
                         scheduled_at,
                         started_at,
+                        region: region.clone(),
+                        checker: Some(checker.clone()),
                         ..result
                     };
                     let mut event = Event::new(result.into_fields());
@@ -603,6 +866,9 @@ async fn probe(
         body_bytes: None,
         remote_addr: None,
         http_version: None,
+        tls: None,
+        region: None,
+        checker: None,
         captures: None,
     };
     // libcurl enforces the timeout; our own deadline, a little later, only guards against a
@@ -633,8 +899,11 @@ async fn probe(
         body_bytes,
         body,
         times,
+        tls,
+        refused_address,
     }) = outcome
     {
+        result.tls = tls.map(|tls| judge_certificate(tls, target));
         result.status_code = status;
         result.http_version = http_version.map(str::to_owned);
         result.remote_addr = remote_addr;
@@ -650,7 +919,15 @@ async fn probe(
                 kind: ErrorKind::BodyTooLarge,
                 message: format!("the body is larger than max_body_bytes ({max_body_bytes})"),
             }),
-            Err(e) => Some(classify(&e, target.timeout)),
+            Err(e) => match refused_address {
+                Some((address, why)) if e.is_couldnt_connect() => Some(CheckError {
+                    kind: ErrorKind::Connect,
+                    message: format!(
+                        "refused to connect to {address}: it is {why}, and deny_private_addresses is on"
+                    ),
+                }),
+                _ => Some(classify(&e, target)),
+            },
         };
         if result.error.is_none() {
             kept = body.map(Bytes::from);
@@ -662,11 +939,23 @@ async fn probe(
         Some(total) if !total.is_zero() => total,
         _ => started.elapsed(),
     });
+    let certificate_ends_too_soon = match (&result.tls, target.down_within) {
+        (Some(tls), Some(within)) => tls.cert_not_after < std::time::SystemTime::now() + within,
+        _ => false,
+    };
     result.up = result.error.is_none()
         && result
             .status_code
-            .is_some_and(|code| target.expected.contains(code));
+            .is_some_and(|code| target.expected.contains(code))
+        && !certificate_ends_too_soon;
     (result, kept)
+}
+
+/// Marks a certificate that ends within the target's `cert_expiry_warning` (or has ended).
+fn judge_certificate(mut tls: TlsInfo, target: &Target) -> TlsInfo {
+    tls.cert_expires_soon =
+        tls.cert_not_after < std::time::SystemTime::now() + target.cert_expiry_warning;
+    tls
 }
 
 fn timeout_error(timeout: Duration) -> CheckError {
@@ -677,7 +966,8 @@ fn timeout_error(timeout: Duration) -> CheckError {
 }
 
 /// Maps libcurl's failure to the schema's error kinds.
-fn classify(error: &curl::Error, timeout: Duration) -> CheckError {
+fn classify(error: &curl::Error, target: &Target) -> CheckError {
+    let timeout = target.timeout;
     let kind = if error.is_operation_timedout() {
         ErrorKind::Timeout
     } else if error.is_couldnt_resolve_host() {
@@ -703,10 +993,14 @@ fn classify(error: &curl::Error, timeout: Duration) -> CheckError {
     }
     // libcurl's own words (its error buffer) say which host and port, or which certificate;
     // the code's generic text only when it gave none.
-    let message = error
+    let mut message = error
         .extra_description()
         .unwrap_or_else(|| error.description())
         .to_owned();
+    // A proxy's password must not reach a result, whatever libcurl quotes.
+    if let Some(password) = target.proxy.as_deref().and_then(crate::secrets::url_password) {
+        message = message.replace(password, "***");
+    }
     CheckError { kind, message }
 }
 
