@@ -24,16 +24,18 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use curl::easy::{Easy2, Handler, IpResolve, List, WriteError};
 use curl::multi::{Easy2Handle, Multi, MultiWaker};
+use foreign_types::ForeignTypeRef;
 use http::Method;
 use openssl::asn1::{Asn1Time, Asn1TimeRef};
-use openssl::ssl::{SslContextBuilder, SslVerifyMode};
-use openssl::x509::{X509NameRef, X509StoreContext, X509};
+use openssl::ex_data::Index;
+use openssl::ssl::{SslContext, SslContextBuilder};
+use openssl::x509::{X509NameRef, X509StoreContext, X509StoreContextRef, X509};
 use tokio::sync::oneshot;
 
 use crate::check::TlsInfo;
@@ -147,8 +149,8 @@ struct Collector {
     body: Vec<u8>,
     too_large: bool,
     version: Option<&'static str>,
-    /// Filled in by the verify callback, which runs inside OpenSSL and outlives no transfer.
-    handshake: Arc<Mutex<Option<Handshake>>>,
+    /// Filled in by the verify callback, which runs inside OpenSSL during the handshake.
+    handshake: HandshakeSlot,
     guard: Box<Guard>,
 }
 
@@ -201,41 +203,115 @@ impl Handler for Collector {
     }
 
     fn ssl_ctx(&mut self, cx: *mut c_void) -> Result<(), curl::Error> {
+        let Some(index) = handshake_index() else {
+            // OpenSSL could not allocate the index: the check goes on without TLS details.
+            return Ok(());
+        };
         // SAFETY: libcurl (OpenSSL backend, the only one built) hands over the SSL_CTX of the
         // connection being set up, before its handshake. The builder only borrows it: it is
-        // never dropped, so the context stays libcurl's to free.
+        // never dropped, so the context stays libcurl's to free (and, with it, our slot).
         let mut context = ManuallyDrop::new(unsafe { SslContextBuilder::from_ptr(cx.cast()) });
+        context.set_ex_data(index, Arc::clone(&self.handshake));
         // libcurl sets SSL_VERIFY_NONE and judges the verification result itself after the
-        // handshake; keep whatever mode it chose, and add only a callback that looks.
-        let mode = SslVerifyMode::from_bits_truncate(unsafe {
-            openssl_sys::SSL_CTX_get_verify_mode(cx.cast())
-        });
-        let slot = Arc::clone(&self.handshake);
-        context.set_verify_callback(mode, move |preverified, store| {
-            let mut slot = lock(&slot);
-            if slot.is_none() {
-                let ssl = X509StoreContext::ssl_idx()
-                    .ok()
-                    .and_then(|index| store.ex_data(index));
-                if let Some(ssl) = ssl {
-                    // On a client, the chain the server sent starts with its own certificate.
-                    let leaf = ssl
-                        .peer_cert_chain()
-                        .and_then(|chain| chain.iter().next())
-                        .map(|cert| cert.to_owned());
-                    *slot = Some(Handshake {
-                        version: ssl.version_str(),
-                        cipher: ssl
-                            .current_cipher()
-                            .map(|c| c.standard_name().unwrap_or(c.name())),
-                        leaf,
-                    });
-                }
-            }
-            preverified
-        });
+        // handshake: keep whatever mode it chose, and add a callback that only looks. Set
+        // through openssl-sys because the `openssl` crate's trampoline expects an SSL made by
+        // its own `Ssl::new`, and libcurl makes its own.
+        // SAFETY: `cx` is a valid SSL_CTX, and the callback has OpenSSL's signature.
+        unsafe {
+            let mode = openssl_sys::SSL_CTX_get_verify_mode(cx.cast());
+            openssl_sys::SSL_CTX_set_verify(cx.cast(), mode, Some(record_certificate));
+            SSL_CTX_set_info_callback(cx.cast(), Some(record_cipher));
+        }
         Ok(())
     }
+}
+
+// OpenSSL's info callback, which openssl-sys does not declare. libcurl sets none of its own.
+extern "C" {
+    fn SSL_CTX_set_info_callback(
+        ctx: *mut openssl_sys::SSL_CTX,
+        callback: Option<
+            unsafe extern "C" fn(*const openssl_sys::SSL, std::ffi::c_int, std::ffi::c_int),
+        >,
+    );
+}
+
+/// `SSL_CB_HANDSHAKE_DONE` in OpenSSL's `ssl.h`.
+const SSL_CB_HANDSHAKE_DONE: std::ffi::c_int = 0x20;
+
+type HandshakeSlot = Arc<Mutex<Option<Handshake>>>;
+
+/// Where each connection's SSL_CTX keeps the slot of the transfer that opened it; OpenSSL
+/// drops the slot's reference when it frees the context.
+fn handshake_index() -> Option<Index<SslContext, HandshakeSlot>> {
+    static INDEX: OnceLock<Option<Index<SslContext, HandshakeSlot>>> = OnceLock::new();
+    *INDEX.get_or_init(|| SslContext::new_ex_index().ok())
+}
+
+/// The handshake slot of the transfer that opened the connection of `ssl`.
+fn slot_of(ssl: &openssl::ssl::SslRef) -> Option<&HandshakeSlot> {
+    handshake_index().and_then(|index| ssl.ssl_context().ex_data(index))
+}
+
+/// OpenSSL's info callback: once the handshake is done (libcurl lets it finish whatever the
+/// certificate), the negotiated protocol and cipher are final.
+unsafe extern "C" fn record_cipher(
+    ssl: *const openssl_sys::SSL,
+    event: std::ffi::c_int,
+    _value: std::ffi::c_int,
+) {
+    if event & SSL_CB_HANDSHAKE_DONE == 0 {
+        return;
+    }
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: OpenSSL calls this with the connection whose handshake it reports.
+        let ssl = unsafe { openssl::ssl::SslRef::from_ptr(ssl.cast_mut()) };
+        let Some(slot) = slot_of(ssl) else { return };
+        let mut slot = lock(slot);
+        let handshake = slot.get_or_insert_with(|| Handshake {
+            version: "",
+            cipher: None,
+            leaf: None,
+        });
+        handshake.version = ssl.version_str();
+        handshake.cipher = ssl
+            .current_cipher()
+            .map(|c| c.standard_name().unwrap_or(c.name()));
+    });
+}
+
+/// OpenSSL's verify callback: notes the server's certificate from the first time it is called,
+/// and returns OpenSSL's own verdict unchanged.
+extern "C" fn record_certificate(
+    preverified: std::ffi::c_int,
+    store: *mut openssl_sys::X509_STORE_CTX,
+) -> std::ffi::c_int {
+    // Nothing here should panic; if something does, the check only loses its TLS details.
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: OpenSSL calls this with the store context of the verification under way.
+        let store = unsafe { X509StoreContextRef::from_ptr(store) };
+        let Some(ssl) = X509StoreContext::ssl_idx()
+            .ok()
+            .and_then(|index| store.ex_data(index))
+        else {
+            return;
+        };
+        let Some(slot) = slot_of(ssl) else { return };
+        let mut slot = lock(slot);
+        let handshake = slot.get_or_insert_with(|| Handshake {
+            version: ssl.version_str(),
+            cipher: None,
+            leaf: None,
+        });
+        if handshake.leaf.is_none() {
+            // On a client, the chain the server sent starts with its own certificate.
+            handshake.leaf = ssl
+                .peer_cert_chain()
+                .and_then(|chain| chain.iter().next())
+                .map(|cert| cert.to_owned());
+        }
+    });
+    preverified
 }
 
 /// libcurl's open-socket callback while the private-address guard is on: refuses reserved
@@ -644,9 +720,7 @@ fn tls_info(handshake: Handshake) -> Option<TlsInfo> {
                     name.dnsname().map(str::to_owned).or_else(|| {
                         name.ipaddress().and_then(|bytes| match bytes.len() {
                             4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?).to_string()),
-                            16 => {
-                                Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?).to_string())
-                            }
+                            16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?).to_string()),
                             _ => None,
                         })
                     })
@@ -679,21 +753,20 @@ fn system_time(time: &Asn1TimeRef) -> Option<SystemTime> {
 /// A distinguished name as RFC 4514 writes it: the last component first, `,` between them,
 /// and the characters it reserves escaped.
 fn distinguished_name(name: &X509NameRef) -> String {
-    let mut parts: Vec<String> = name
-        .entries()
-        .map(|entry| {
-            let nid = entry.object().nid();
-            let key = nid
-                .short_name()
-                .map(str::to_owned)
-                .unwrap_or_else(|_| entry.object().to_string());
-            let value = entry
-                .data()
-                .to_string()
-                .unwrap_or_else(|_| String::from_utf8_lossy(entry.data().as_slice()).into_owned());
-            format!("{key}={}", escape_dn_value(&value))
-        })
-        .collect();
+    let mut parts: Vec<String> =
+        name.entries()
+            .map(|entry| {
+                let nid = entry.object().nid();
+                let key = nid
+                    .short_name()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|_| entry.object().to_string());
+                let value = entry.data().to_string().unwrap_or_else(|_| {
+                    String::from_utf8_lossy(entry.data().as_slice()).into_owned()
+                });
+                format!("{key}={}", escape_dn_value(&value))
+            })
+            .collect();
     parts.reverse();
     parts.join(",")
 }

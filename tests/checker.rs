@@ -63,6 +63,9 @@ sinks:
                 )
             })
             .expect("the pipeline is running");
+        // Every real message, each error kind and the regex captures among them, against the
+        // published contract.
+        support::schema::assert_valid(&Value::Object(fields.clone()));
         let result: CheckResult = serde_json::from_value(Value::Object(fields.clone()))
             .unwrap_or_else(|e| panic!("not schema v1: {e}: {fields:?}"));
         outcomes.entry(result.target.clone()).or_insert(Outcome {

@@ -109,12 +109,20 @@ pub fn closed_port() -> u16 {
 
 /// A TLS server whose certificate no client trusts: a probe must report a `tls` failure.
 pub fn start_self_signed_tls() -> SocketAddr {
+    let (cert, key) = super::tls::self_signed("localhost");
+    start_tls(&cert, &key)
+}
+
+/// A TLS server on 127.0.0.1 presenting `cert`, answering every request with 200.
+pub fn start_tls(
+    cert: &openssl::x509::X509,
+    key: &openssl::pkey::PKey<openssl::pkey::Private>,
+) -> SocketAddr {
     use openssl::ssl::{SslAcceptor, SslMethod};
 
-    let (cert, key) = super::tls::self_signed("localhost");
     let mut acceptor = SslAcceptor::mozilla_intermediate(SslMethod::tls()).unwrap();
-    acceptor.set_private_key(&key).unwrap();
-    acceptor.set_certificate(&cert).unwrap();
+    acceptor.set_private_key(key).unwrap();
+    acceptor.set_certificate(cert).unwrap();
     let acceptor = acceptor.build();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

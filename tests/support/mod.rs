@@ -11,6 +11,7 @@
 pub mod http;
 pub mod pg;
 pub mod pipeline;
+pub mod schema;
 pub mod tls;
 pub mod wire;
 pub mod writer;

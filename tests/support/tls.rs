@@ -21,8 +21,25 @@ pub fn certificate(
     issuer: Option<(&X509, &PKey<Private>)>,
     is_ca: bool,
 ) -> X509 {
+    let validity = (
+        Asn1Time::days_from_now(0).unwrap(),
+        Asn1Time::days_from_now(1).unwrap(),
+    );
+    certificate_with(host, &[host], key, issuer, is_ca, validity)
+}
+
+/// A certificate for `subject` (its CN), naming `sans` as DNS names (a leaf only), signed by
+/// `issuer` (or by itself), valid from the first time of `validity` to the second.
+pub fn certificate_with(
+    subject: &str,
+    sans: &[&str],
+    key: &PKey<Private>,
+    issuer: Option<(&X509, &PKey<Private>)>,
+    is_ca: bool,
+    validity: (Asn1Time, Asn1Time),
+) -> X509 {
     let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", host).unwrap();
+    name.append_entry_by_text("CN", subject).unwrap();
     let name = name.build();
     let mut builder = X509::builder().unwrap();
     builder.set_version(2).unwrap();
@@ -33,19 +50,18 @@ pub fn certificate(
         .unwrap();
     builder.set_subject_name(&name).unwrap();
     builder.set_pubkey(key).unwrap();
-    builder
-        .set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    builder
-        .set_not_after(&Asn1Time::days_from_now(1).unwrap())
-        .unwrap();
+    builder.set_not_before(&validity.0).unwrap();
+    builder.set_not_after(&validity.1).unwrap();
     if is_ca {
         builder
             .append_extension(BasicConstraints::new().critical().ca().build().unwrap())
             .unwrap();
     } else {
-        let san = SubjectAlternativeName::new()
-            .dns(host)
+        let mut san = SubjectAlternativeName::new();
+        for name in sans {
+            san.dns(name);
+        }
+        let san = san
             .build(&builder.x509v3_context(issuer.map(|(c, _)| c.as_ref()), None))
             .unwrap();
         builder.append_extension(san).unwrap();

@@ -805,11 +805,7 @@ impl Source for HttpProbe {
                     let (region, checker) = &*identity;
                     let result = CheckResult {
                         schema_version: SCHEMA_VERSION,
-                        check_id: check::check_id_in(
-                            &target.name,
-                            scheduled_at,
-                            region.as_deref(),
-                        ),
+                        check_id: check::check_id_in(&target.name, scheduled_at, region.as_deref()),
                         target: target.name.clone(),
                         url: target.reported_url.clone(),
                         method: target.method.to_string(),
@@ -998,7 +994,11 @@ fn classify(error: &curl::Error, target: &Target) -> CheckError {
         .unwrap_or_else(|| error.description())
         .to_owned();
     // A proxy's password must not reach a result, whatever libcurl quotes.
-    if let Some(password) = target.proxy.as_deref().and_then(crate::secrets::url_password) {
+    if let Some(password) = target
+        .proxy
+        .as_deref()
+        .and_then(crate::secrets::url_password)
+    {
         message = message.replace(password, "***");
     }
     CheckError { kind, message }
@@ -1149,6 +1149,40 @@ mod tests {
         assert_eq!(
             errors[0].message,
             "targets_file `env.yaml`: line 2 column 3: [1].url: environment variable `PIPE_TEST_UNSET_VAR` is not set and has no default (write `${PIPE_TEST_UNSET_VAR:-default}`)"
+        );
+    }
+
+    #[test]
+    fn probe_settings_are_checked_without_echoing_proxy_passwords() {
+        let errors = messages(
+            "region: ''\ntargets:\n  - url: https://a.example\n    proxy: 'ftp://u:hunter22@proxy.example'\n  - url: https://b.example\n    proxy: 'http://proxy.example:3128'\n    deny_private_addresses: true\n  - url: https://c.example\n    tls_ca_file: /nonexistent/ca.pem\n",
+        );
+        let fields: Vec<_> = errors.iter().map(|(f, _)| f.as_deref()).collect();
+        assert_eq!(
+            fields,
+            [
+                Some("region"),
+                Some("targets[0].proxy"),
+                Some("targets[1].deny_private_addresses"),
+                Some("targets[2].tls_ca_file")
+            ],
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].1.contains("unsupported proxy scheme `ftp`"),
+            "{}",
+            errors[1].1
+        );
+        assert!(
+            errors.iter().all(|(_, m)| !m.contains("hunter22")),
+            "{errors:?}"
+        );
+        assert!(errors[3].1.contains("cannot read it"), "{}", errors[3].1);
+        let bad_family =
+            serde_norway::from_str::<HttpProbeConfig>("ip_version: 5\ntargets: []\n").unwrap_err();
+        assert!(
+            bad_family.to_string().contains("use any, 4 or 6"),
+            "{bad_family}"
         );
     }
 
