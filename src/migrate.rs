@@ -15,11 +15,18 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. A new file in `migrations/` needs a line here (a test checks).
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_checks.sql",
-    sql: include_str!("../migrations/0001_checks.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_checks.sql",
+        sql: include_str!("../migrations/0001_checks.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_tls_and_checkers.sql",
+        sql: include_str!("../migrations/0002_tls_and_checkers.sql"),
+    },
+];
 
 /// Any key will do, as long as it is fixed: it serializes migration runs.
 const LOCK_KEY: i64 = 0x7069_7065_6d69_6772; // "pipemigr"

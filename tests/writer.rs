@@ -237,11 +237,122 @@ fn migrations_are_idempotent() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2]);
     // And the schema is whole: the view answers.
     client
         .query("SELECT * FROM check_results LIMIT 1", &[])
         .unwrap();
+}
+
+#[test]
+fn an_upgrade_from_migration_1_keeps_the_checks_stored_before_it() {
+    let db = support::create_database("upgrade");
+    let mut client = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    // The database as release 0.1.0 left it: migration 1 only, with a check in it.
+    client
+        .batch_execute(pipe::migrate::MIGRATIONS[0].sql)
+        .unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                                             applied_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO schema_migrations (version, name) VALUES (1, '0001_checks.sql');
+             SELECT pipe_ensure_check_partition('2026-11-30');
+             INSERT INTO targets (name, url, method) VALUES ('old', 'https://old.example/', 'GET');
+             INSERT INTO checks (checked_at, check_id, target_id, start_delay_ms, response_time_us, up)
+             VALUES ('2026-11-30T12:00:00Z', '8a036c86-1f8f-5289-af3e-1f909db5869c', 1, 1, 12345, true);",
+        )
+        .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pipe"))
+        .args(["migrate", "--database-url", &db.url])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let row = client
+        .query_one(
+            "SELECT target, response_time_ms, tls_version IS NULL, region IS NULL, checker IS NULL
+             FROM check_results",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "old");
+    assert_eq!(row.get::<_, f64>(1), 12.345);
+    assert!(row.get::<_, bool>(2) && row.get::<_, bool>(3) && row.get::<_, bool>(4));
+}
+
+#[tokio::test]
+async fn tls_details_region_and_checker_are_stored_once_each_and_shown_per_check() {
+    let brokers = support::kafka_brokers();
+    let topic = support::create_topic("details", 1).await;
+    let db = fresh_database().await;
+    let not_after = std::time::UNIX_EPOCH + Duration::from_secs(1_797_776_000);
+    let mut checks = writer::checks(40, 2);
+    for (i, check) in checks.iter_mut().enumerate() {
+        check.tls = Some(pipe::check::TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS_AES_128_GCM_SHA256".into(),
+            cert_not_before: not_after - Duration::from_secs(90 * 86_400),
+            cert_not_after: not_after,
+            cert_issuer: "CN=pipe test CA".into(),
+            cert_subject: format!("CN={}", check.target),
+            cert_sans: vec![check.target.clone(), format!("www.{}", check.target)],
+            cert_expires_soon: i % 2 == 0,
+        });
+        check.checker = Some("probe-1".into());
+    }
+    // The first check again from another region: the same slot, another check.
+    let mut regional = checks[0].clone();
+    regional.region = Some("eu-west".into());
+    regional.checker = Some("probe-eu".into());
+    regional.check_id =
+        pipe::check::check_id_in(&regional.target, regional.scheduled_at, Some("eu-west"));
+    checks.push(regional.clone());
+    writer::produce(&brokers, &topic, &checks).await;
+
+    let running = pipeline::start(
+        &writer::writer_yaml(&brokers, &topic, &unique_name("group"), &db.url, ""),
+        RunOptions::default(),
+    );
+    let stored = wait_for(&db.url, "SELECT count(*) FROM check_results", 41, MINUTE).await;
+    running.stop().await.expect("a clean stop");
+    assert_eq!(stored, 41, "two regions' checks of one slot are two checks");
+    assert_eq!(
+        scalar(&db.url, "SELECT count(*) FROM tls_details").await,
+        2,
+        "one row per distinct certificate"
+    );
+    assert_eq!(scalar(&db.url, "SELECT count(*) FROM checkers").await, 2);
+    let row = strings(
+        &db.url,
+        &format!(
+            "SELECT concat_ws('|', tls_version, tls_cipher, to_char(cert_not_after AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'),
+                    cert_issuer, cert_subject, array_to_string(cert_sans, ','), cert_expires_soon,
+                    coalesce(region, '-'), checker)
+             FROM check_results WHERE check_id = '{}'",
+            checks[0].check_id
+        ),
+    )
+    .await;
+    let target = &checks[0].target;
+    assert_eq!(
+        row,
+        [format!(
+            "TLSv1.3|TLS_AES_128_GCM_SHA256|2026-12-20 14:13:20|CN=pipe test CA|CN={target}|{target},www.{target}|t|-|probe-1"
+        )]
+    );
+    let row = strings(
+        &db.url,
+        &format!(
+            "SELECT concat_ws('|', region, checker) FROM check_results WHERE check_id = '{}'",
+            regional.check_id
+        ),
+    )
+    .await;
+    assert_eq!(row, ["eu-west|probe-eu"]);
 }
 
 /// The sink reads nothing for 8 s after its first event: the pipeline fills, and after 5 s of

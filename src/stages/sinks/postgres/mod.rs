@@ -37,12 +37,17 @@ use uuid::Uuid;
 
 use crate::ack::{AckHandle, AckStatus};
 use crate::check::CheckResult;
+use crate::check::TlsInfo;
 use crate::config::diagnostic::ConfigError;
 use crate::config::duration;
 use crate::database::{self, Database, DropOffRuntime};
 use crate::event::Event;
 use crate::registry::{BuildContext, StageConfig};
 use crate::stage::{BoxError, Input, Sink, SinkContext};
+
+mod dimensions;
+
+use dimensions::CheckerKey;
 
 type PgPool = Pool<PostgresConnectionManager<MakeTlsConnector>>;
 
@@ -183,6 +188,10 @@ struct Row {
     remote_ip: Option<std::net::IpAddr>,
     error_message: Option<String>,
     captures: Option<Value>,
+    /// `tls_details.key` of the check's TLS details.
+    tls_key: Option<Uuid>,
+    cert_expires_soon: Option<bool>,
+    checker: Option<CheckerKey>,
 }
 
 /// A target's identity and latest settings.
@@ -263,6 +272,12 @@ impl Row {
             remote_ip: remote.map(|a| a.ip()),
             error_message: check.error.as_ref().map(|e| e.message.clone()),
             captures: check.captures.clone().map(Value::Object),
+            tls_key: check.tls.as_ref().map(dimensions::tls_key),
+            cert_expires_soon: check.tls.as_ref().map(|t| t.cert_expires_soon),
+            checker: check
+                .checker
+                .clone()
+                .map(|name| (check.region.clone().unwrap_or_default(), name)),
         };
         let target = TargetRow {
             name: check.target.clone(),
@@ -315,11 +330,13 @@ impl From<r2d2::Error> for WriteError {
 const INSERT_CHECKS: &str = "\
 INSERT INTO checks (checked_at, check_id, target_id, start_delay_ms, response_time_us, dns_us,
     connect_us, tls_us, first_byte_us, transfer_us, body_bytes, remote_port, error_kind,
-    latency_class, status_code, http_version, up, regex_matched, remote_ip, error_message, captures)
+    latency_class, status_code, http_version, up, regex_matched, remote_ip, error_message, captures,
+    tls_id, cert_expires_soon, checker_id)
 SELECT * FROM unnest($1::timestamptz[], $2::uuid[], $3::int4[], $4::int4[], $5::int4[], $6::int4[],
     $7::int4[], $8::int4[], $9::int4[], $10::int4[], $11::int4[], $12::int4[],
     $13::text[]::check_error_kind[], $14::text[]::check_latency_class[], $15::int2[], $16::int2[],
-    $17::bool[], $18::bool[], $19::inet[], $20::text[], $21::jsonb[])
+    $17::bool[], $18::bool[], $19::inet[], $20::text[], $21::jsonb[], $22::int4[], $23::bool[],
+    $24::int2[])
 ON CONFLICT DO NOTHING";
 
 const UPSERT_TARGETS: &str = "\
@@ -334,18 +351,34 @@ INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, error, payload)
 SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[], $5::bytea[])
 ON CONFLICT DO NOTHING";
 
-/// Inserts `rows` (all of whose targets have ids) with one statement.
+/// The ids a batch's rows point to.
+#[derive(Default)]
+struct Ids {
+    targets: HashMap<String, i32>,
+    tls: HashMap<Uuid, i32>,
+    checkers: HashMap<CheckerKey, i16>,
+}
+
+/// Inserts `rows` (all of whose targets, TLS details and checkers have ids) with one statement.
 fn insert_checks(
     client: &mut impl postgres::GenericClient,
     rows: &[&Row],
-    ids: &HashMap<String, i32>,
+    ids: &Ids,
 ) -> Result<u64, postgres::Error> {
     macro_rules! column {
         ($field:ident) => {
             rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
         };
     }
-    let target_ids: Vec<i32> = rows.iter().map(|r| ids[&r.target]).collect();
+    let target_ids: Vec<i32> = rows.iter().map(|r| ids.targets[&r.target]).collect();
+    let tls_ids: Vec<Option<i32>> = rows
+        .iter()
+        .map(|r| r.tls_key.map(|key| ids.tls[&key]))
+        .collect();
+    let checker_ids: Vec<Option<i16>> = rows
+        .iter()
+        .map(|r| r.checker.as_ref().map(|key| ids.checkers[key]))
+        .collect();
     client.execute(
         INSERT_CHECKS,
         &[
@@ -370,6 +403,9 @@ fn insert_checks(
             &column!(remote_ip),
             &column!(error_message),
             &column!(captures),
+            &tls_ids,
+            &column!(cert_expires_soon),
+            &checker_ids,
         ],
     )
 }
@@ -400,6 +436,9 @@ struct Batch {
     /// Where each row came from, and the check itself, in case the database refuses it.
     sources: Vec<(DeadLetter, CheckResult)>,
     days: HashSet<i64>,
+    /// The distinct TLS details and checkers of the rows.
+    tls: HashMap<Uuid, TlsInfo>,
+    checkers: HashSet<CheckerKey>,
 }
 
 /// What the blocking side keeps between batches.
@@ -409,6 +448,8 @@ struct Cache {
     targets: HashMap<String, (i32, TargetRow)>,
     /// Days (since the epoch) whose partition is known to exist.
     days: HashSet<i64>,
+    /// TLS details and checkers known to be stored, by key.
+    dimensions: dimensions::Known,
 }
 
 fn day_of(time: SystemTime) -> i64 {
@@ -508,10 +549,15 @@ fn write_batch(
         .expect("not poisoned")
         .days
         .extend(missing_days);
+    let dimension_ids = dimension_ids(&mut client, cache, batch)?;
 
     let mut tx = client.transaction()?;
     let fresh = upsert_targets(&mut tx, &mut changed)?;
     ids.extend(fresh.iter().map(|(name, (id, _))| (name.clone(), *id)));
+    let ids = Ids {
+        targets: ids,
+        ..dimension_ids
+    };
     let all: Vec<&Row> = batch.rows.iter().collect();
     let mut tx = match insert_checks(&mut tx, &all, &ids) {
         Ok(_) => tx,
@@ -519,7 +565,7 @@ fn write_batch(
         Err(_) => {
             // Some row is refused: start over on the same connection, one savepoint per row.
             drop(tx);
-            return write_rows_one_by_one(cache, batch, &mut client);
+            return write_rows_one_by_one(cache, batch, ids, &mut client);
         }
     };
     insert_dead_letters(&mut tx, &batch.dead)?;
@@ -528,9 +574,52 @@ fn write_batch(
     Ok((batch.rows.len(), batch.dead.len()))
 }
 
+/// The ids of the batch's TLS details and checkers, inserting those not stored yet.
+fn dimension_ids(
+    client: &mut postgres::Client,
+    cache: &Mutex<Cache>,
+    batch: &Batch,
+) -> Result<Ids, WriteError> {
+    let mut ids = Ids::default();
+    let (missing_tls, missing_checkers) = {
+        let cache = cache.lock().expect("not poisoned");
+        let known = &cache.dimensions;
+        let mut missing_tls = Vec::new();
+        for (key, tls) in &batch.tls {
+            match known.tls.get(key) {
+                Some(id) => {
+                    ids.tls.insert(*key, *id);
+                }
+                None => missing_tls.push((*key, tls)),
+            }
+        }
+        let mut missing_checkers = Vec::new();
+        for key in &batch.checkers {
+            match known.checkers.get(key) {
+                Some(id) => {
+                    ids.checkers.insert(key.clone(), *id);
+                }
+                None => missing_checkers.push(key.clone()),
+            }
+        }
+        (missing_tls, missing_checkers)
+    };
+    if missing_tls.is_empty() && missing_checkers.is_empty() {
+        return Ok(ids);
+    }
+    let fresh = dimensions::ensure(client, &missing_tls, &missing_checkers)?;
+    ids.tls.extend(&fresh.tls);
+    ids.checkers.extend(fresh.checkers.clone());
+    let mut cache = cache.lock().expect("not poisoned");
+    cache.dimensions.tls.extend(fresh.tls);
+    cache.dimensions.checkers.extend(fresh.checkers);
+    Ok(ids)
+}
+
 fn write_rows_one_by_one(
     cache: &Mutex<Cache>,
     batch: &Batch,
+    ids: Ids,
     client: &mut postgres::Client,
 ) -> Result<(usize, usize), WriteError> {
     let mut tx = client.transaction()?;
@@ -542,10 +631,13 @@ fn write_rows_one_by_one(
         .cloned()
         .collect();
     let fresh = upsert_targets(&mut tx, &mut targets)?;
-    let ids: HashMap<String, i32> = fresh
-        .iter()
-        .map(|(name, (id, _))| (name.clone(), *id))
-        .collect();
+    let ids = Ids {
+        targets: fresh
+            .iter()
+            .map(|(name, (id, _))| (name.clone(), *id))
+            .collect(),
+        ..ids
+    };
     let mut dead = batch.dead.clone();
     let mut stored = 0;
     for (row, (source, check)) in batch.rows.iter().zip(&batch.sources) {
@@ -662,6 +754,8 @@ impl PostgresSink {
             dead: Vec::new(),
             sources: Vec::with_capacity(events.len()),
             days: HashSet::new(),
+            tls: HashMap::new(),
+            checkers: HashSet::new(),
         };
         let mut expired = 0;
         for event in events {
@@ -698,6 +792,12 @@ impl PostgresSink {
                         continue;
                     }
                     batch.days.insert(day);
+                    if let (Some(key), Some(tls)) = (row.tls_key, &check.tls) {
+                        batch.tls.entry(key).or_insert_with(|| tls.clone());
+                    }
+                    if let Some(checker) = &row.checker {
+                        batch.checkers.insert(checker.clone());
+                    }
                     // Serialized again only if the database refuses the row.
                     batch
                         .sources
