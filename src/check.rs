@@ -210,6 +210,11 @@ pub fn millis(duration: Duration) -> f64 {
 impl CheckResult {
     /// The result as event fields.
     pub fn into_fields(self) -> Map<String, Value> {
+        self.to_fields()
+    }
+
+    /// The result as event fields, leaving it be.
+    pub fn to_fields(&self) -> Map<String, Value> {
         match serde_json::to_value(self) {
             Ok(Value::Object(map)) => map,
             _ => unreachable!("a struct serializes to an object"),

@@ -46,10 +46,10 @@ impl Sink for Console {
         while input.recv_many(&mut events, BATCH).await > 0 {
             buffer.clear();
             for event in &events {
-                if self.config.pretty {
-                    serde_json::to_writer_pretty(&mut buffer, event.fields())?;
-                } else {
-                    serde_json::to_writer(&mut buffer, event.fields())?;
+                match (self.config.pretty, event.check()) {
+                    (true, Some(check)) => serde_json::to_writer_pretty(&mut buffer, check)?,
+                    (true, None) => serde_json::to_writer_pretty(&mut buffer, event.fields())?,
+                    (false, _) => buffer.extend_from_slice(&event.to_json()?),
                 }
                 buffer.push(b'\n');
             }

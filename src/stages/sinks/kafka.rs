@@ -413,9 +413,13 @@ impl Sink for KafkaSink {
                 }
                 event = input.recv(), if in_flight.len() < self.max_in_flight => {
                     let Some(event) = event else { break };
-                    let key = key_of(event.get(&self.key));
-                    let (fields, ack) = event.into_parts();
-                    let payload = serde_json::to_vec(&fields)?;
+                    let key = match event.check() {
+                        // A check's key field is read without making its fields.
+                        Some(check) if self.key == "target" => Some(check.target.as_bytes().to_vec()),
+                        _ => key_of(event.get(&self.key)),
+                    };
+                    let payload = event.to_json()?;
+                    let (_, ack) = event.into_payload();
                     let delivery = deliver(
                         self.producer.clone(),
                         Arc::clone(&self.topic),

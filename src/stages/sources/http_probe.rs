@@ -815,7 +815,7 @@ impl Source for HttpProbe {
                         checker: Some(checker.clone()),
                         ..result
                     };
-                    let mut event = Event::new(result.into_fields());
+                    let mut event = Event::from_check(result);
                     if let Some(body) = body {
                         event = event.with_raw(body);
                     }

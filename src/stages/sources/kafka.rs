@@ -279,7 +279,7 @@ impl KafkaSource {
         };
         let payload = message.payload().unwrap_or_default();
         match decode_payload(payload, self.format, self.max_message_bytes) {
-            Ok(fields) => Event::new(fields).with_origin(origin),
+            Ok(event) => event.with_origin(origin),
             Err(error) => Event::dead_letter(error, Bytes::copy_from_slice(payload), Some(origin)),
         }
     }
@@ -518,12 +518,8 @@ fn locate_unreadable(config: &ClientConfig, positions: &TopicPartitionList) -> O
     None
 }
 
-/// Decodes one payload, or says why it cannot be.
-pub fn decode_payload(
-    payload: &[u8],
-    format: Format,
-    max_bytes: usize,
-) -> Result<serde_json::Map<String, Value>, String> {
+/// Decodes one payload into an event (a typed check for `check_v1`), or says why it cannot be.
+pub fn decode_payload(payload: &[u8], format: Format, max_bytes: usize) -> Result<Event, String> {
     if payload.len() > max_bytes {
         return Err(format!(
             "the message has {} bytes, more than max_message_bytes ({max_bytes})",
@@ -532,11 +528,18 @@ pub fn decode_payload(
     }
     match format {
         Format::Json => match serde_json::from_slice(payload) {
-            Ok(Value::Object(fields)) => Ok(fields),
+            Ok(Value::Object(fields)) => Ok(Event::new(fields)),
             Ok(_) => Err("not a JSON object".to_owned()),
             Err(e) => Err(format!("invalid JSON: {e}")),
         },
         Format::CheckV1 => {
+            // One pass from bytes to the struct, for every good message.
+            if let Ok(check) = serde_json::from_slice::<CheckResult>(payload) {
+                if check.schema_version == SCHEMA_VERSION {
+                    return Ok(Event::from_check(check));
+                }
+            }
+            // A bad one is read again, only to say precisely what is wrong with it.
             let value: Value =
                 serde_json::from_slice(payload).map_err(|e| format!("invalid JSON: {e}"))?;
             match value.get("schema_version") {
@@ -550,7 +553,7 @@ pub fn decode_payload(
             }
             let check: CheckResult = serde_json::from_value(value)
                 .map_err(|e| format!("not a valid schema v{SCHEMA_VERSION} check result: {e}"))?;
-            Ok(check.into_fields())
+            Ok(Event::from_check(check))
         }
     }
 }
@@ -672,14 +675,15 @@ mod tests {
         })
     }
 
-    fn decode(value: &[u8]) -> Result<serde_json::Map<String, Value>, String> {
+    fn decode(value: &[u8]) -> Result<Event, String> {
         decode_payload(value, Format::CheckV1, 4096)
     }
 
     #[test]
-    fn a_valid_check_decodes() {
-        let fields = decode(check().to_string().as_bytes()).unwrap();
-        assert_eq!(fields["target"], "t");
+    fn a_valid_check_decodes_typed() {
+        let event = decode(check().to_string().as_bytes()).unwrap();
+        assert_eq!(event.check().expect("typed").target, "t");
+        assert_eq!(event.get("target"), Some(&Value::from("t")));
     }
 
     #[test]

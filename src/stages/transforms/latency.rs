@@ -106,27 +106,40 @@ struct Latency {
     down_when: DownWhen,
 }
 
+impl Latency {
+    /// The class of `elapsed` for `target`, and whether it makes the check down.
+    fn classify(&self, target: Option<&str>, elapsed: f64) -> (LatencyClass, bool) {
+        let (slow, critical) = target
+            .and_then(|target| self.overrides.get(target))
+            .copied()
+            .unwrap_or((self.slow_ms, self.critical_ms));
+        let class = if elapsed >= critical {
+            LatencyClass::Critical
+        } else if elapsed >= slow {
+            LatencyClass::Slow
+        } else {
+            LatencyClass::Ok
+        };
+        let down = match self.down_when {
+            DownWhen::Never => false,
+            DownWhen::Slow => class != LatencyClass::Ok,
+            DownWhen::Critical => class == LatencyClass::Critical,
+        };
+        (class, down)
+    }
+}
+
 impl Transform for Latency {
     fn transform(&mut self, mut event: Event, out: &mut Vec<Event>) -> Result<(), BoxError> {
-        if let Some(elapsed) = event.get("response_time_ms").and_then(Value::as_f64) {
-            let (slow, critical) = event
-                .get("target")
-                .and_then(Value::as_str)
-                .and_then(|target| self.overrides.get(target))
-                .copied()
-                .unwrap_or((self.slow_ms, self.critical_ms));
-            let class = if elapsed >= critical {
-                LatencyClass::Critical
-            } else if elapsed >= slow {
-                LatencyClass::Slow
-            } else {
-                LatencyClass::Ok
-            };
-            let down = match self.down_when {
-                DownWhen::Never => false,
-                DownWhen::Slow => class != LatencyClass::Ok,
-                DownWhen::Critical => class == LatencyClass::Critical,
-            };
+        if let Some(check) = event.check_mut() {
+            let (class, down) = self.classify(Some(&check.target), check.response_time_ms);
+            check.latency_class = Some(class);
+            if down {
+                check.up = false;
+            }
+        } else if let Some(elapsed) = event.get("response_time_ms").and_then(Value::as_f64) {
+            let target = event.get("target").and_then(Value::as_str);
+            let (class, down) = self.classify(target, elapsed);
             event.insert("latency_class", class.as_str());
             if down {
                 event.insert("up", false);

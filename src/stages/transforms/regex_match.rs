@@ -98,44 +98,38 @@ impl RegexMatch {
     }
 }
 
-impl Transform for RegexMatch {
-    fn transform(&mut self, mut event: Event, out: &mut Vec<Event>) -> Result<(), BoxError> {
-        let body = event.take_raw();
-        let own = event
-            .get("regex")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let regex = match (&own, &self.pattern) {
+/// What matching made of one event.
+enum Verdict {
+    /// No pattern applies: the event passes untouched.
+    NoPattern,
+    /// A pattern applies but there is no body (the check failed first): `regex_matched` stays
+    /// null and `up` is already false.
+    NoBody,
+    /// The event's own pattern does not compile (only events from outside `http_probe`, which
+    /// validates, can carry one).
+    BadPattern(String),
+    /// The page matched, with these named groups.
+    Matched(Map<String, Value>),
+    /// The page did not match.
+    Unmatched,
+}
+
+impl RegexMatch {
+    fn judge(&mut self, own: Option<&str>, body: Option<&[u8]>) -> Verdict {
+        let regex = match (own, &self.pattern) {
             (Some(pattern), _) => self.compiled(pattern),
-            (None, Some((pattern, regex))) => {
-                event.insert("regex", pattern.clone());
-                Ok(Arc::clone(regex))
-            }
-            (None, None) => {
-                out.push(event);
-                return Ok(());
-            }
+            (None, Some((_, regex))) => Ok(Arc::clone(regex)),
+            (None, None) => return Verdict::NoPattern,
         };
-        // Without a body (the check failed before one arrived) there is nothing to match:
-        // `regex_matched` stays null and `up` is already false.
         let Some(body) = body else {
-            out.push(event);
-            return Ok(());
+            return Verdict::NoBody;
         };
         let regex = match regex {
             Ok(regex) => regex,
-            Err(message) => {
-                // Only events from outside http_probe (which validates) can carry a bad pattern.
-                event.insert("regex_matched", Value::Null);
-                event.insert("up", false);
-                event.insert("regex_error", message);
-                out.push(event);
-                return Ok(());
-            }
+            Err(message) => return Verdict::BadPattern(message),
         };
-        match regex.captures(&body) {
+        match regex.captures(body) {
             Some(found) => {
-                event.insert("regex_matched", true);
                 let mut captures = Map::new();
                 for name in regex.capture_names().flatten() {
                     if let Some(group) = found.name(name) {
@@ -143,11 +137,78 @@ impl Transform for RegexMatch {
                         captures.insert(name.to_owned(), Value::String(text));
                     }
                 }
+                Verdict::Matched(captures)
+            }
+            None => Verdict::Unmatched,
+        }
+    }
+
+    /// The stage-level pattern, for an event without a pattern of its own.
+    fn default_pattern(&self, own: bool) -> Option<String> {
+        match (own, &self.pattern) {
+            (false, Some((pattern, _))) => Some(pattern.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl Transform for RegexMatch {
+    fn transform(&mut self, mut event: Event, out: &mut Vec<Event>) -> Result<(), BoxError> {
+        let body = event.take_raw();
+        if let Some(check) = event.check_mut() {
+            // A typed check: changed in place.
+            let verdict = self.judge(check.regex.as_deref(), body.as_deref());
+            if !matches!(verdict, Verdict::NoPattern) {
+                if let Some(pattern) = self.default_pattern(check.regex.is_some()) {
+                    check.regex = Some(pattern);
+                }
+            }
+            match verdict {
+                Verdict::NoPattern | Verdict::NoBody => {}
+                Verdict::BadPattern(message) => {
+                    check.regex_matched = None;
+                    check.up = false;
+                    // Not a field of the schema: the event becomes a plain field map.
+                    event.insert("regex_error", message);
+                }
+                Verdict::Matched(captures) => {
+                    check.regex_matched = Some(true);
+                    if !captures.is_empty() {
+                        check.captures = Some(captures);
+                    }
+                }
+                Verdict::Unmatched => {
+                    check.regex_matched = Some(false);
+                    check.up = false;
+                }
+            }
+            out.push(event);
+            return Ok(());
+        }
+        let own = event
+            .get("regex")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let verdict = self.judge(own.as_deref(), body.as_deref());
+        if !matches!(verdict, Verdict::NoPattern) {
+            if let Some(pattern) = self.default_pattern(own.is_some()) {
+                event.insert("regex", pattern);
+            }
+        }
+        match verdict {
+            Verdict::NoPattern | Verdict::NoBody => {}
+            Verdict::BadPattern(message) => {
+                event.insert("regex_matched", Value::Null);
+                event.insert("up", false);
+                event.insert("regex_error", message);
+            }
+            Verdict::Matched(captures) => {
+                event.insert("regex_matched", true);
                 if !captures.is_empty() {
                     event.insert("captures", captures);
                 }
             }
-            None => {
+            Verdict::Unmatched => {
                 event.insert("regex_matched", false);
                 event.insert("up", false);
             }

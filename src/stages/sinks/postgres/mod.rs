@@ -41,7 +41,7 @@ use crate::check::TlsInfo;
 use crate::config::diagnostic::ConfigError;
 use crate::config::duration;
 use crate::database::{self, Database, DropOffRuntime};
-use crate::event::Event;
+use crate::event::{Event, Payload};
 use crate::registry::{BuildContext, StageConfig};
 use crate::stage::{BoxError, Input, Sink, SinkContext};
 
@@ -773,9 +773,16 @@ impl PostgresSink {
                 acks.extend(event.into_parts().1);
                 continue;
             }
-            let (fields, ack) = event.into_parts();
+            let (payload, ack) = event.into_payload();
             acks.extend(ack);
-            let check = match serde_json::from_value::<CheckResult>(Value::Object(fields)) {
+            let decoded = match payload {
+                Payload::Check(check) => Ok(*check),
+                // Fields from elsewhere (a `json` source, a transform that rewrote them).
+                Payload::Fields(fields) => {
+                    serde_json::from_value::<CheckResult>(Value::Object(fields))
+                }
+            };
+            let check = match decoded {
                 Ok(check) => check,
                 Err(e) => {
                     batch
