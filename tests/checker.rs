@@ -50,30 +50,24 @@ sinks:
 "
     );
     let running = pipeline::start(&yaml, RunOptions::default());
-    let mut outcomes = HashMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while outcomes.len() < count {
-        let (fields, raw) = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "only {} of {count} targets reported: {:?}",
-                    outcomes.len(),
-                    outcomes.keys()
-                )
-            })
-            .expect("the pipeline is running");
-        // Every real message, each error kind and the regex captures among them, against the
-        // published contract.
-        support::schema::assert_valid(&Value::Object(fields.clone()));
-        let result: CheckResult = serde_json::from_value(Value::Object(fields.clone()))
-            .unwrap_or_else(|e| panic!("not schema v1: {e}: {fields:?}"));
-        outcomes.entry(result.target.clone()).or_insert(Outcome {
-            result,
-            fields,
-            raw,
-        });
-    }
+    // Every real message, each error kind and the regex captures among them, is validated
+    // against the published contract on the way.
+    let first = pipeline::first_by_target(&mut rx, count, Duration::from_secs(30)).await;
+    let outcomes = first
+        .into_iter()
+        .map(|(target, (fields, raw))| {
+            let result: CheckResult = serde_json::from_value(Value::Object(fields.clone()))
+                .unwrap_or_else(|e| panic!("not schema v1: {e}: {fields:?}"));
+            (
+                target,
+                Outcome {
+                    result,
+                    fields,
+                    raw,
+                },
+            )
+        })
+        .collect();
     running.stop().await.expect("a clean stop");
     outcomes
 }

@@ -17,7 +17,7 @@ use openssl::x509::X509;
 use pipe::check::{CheckResult, ErrorKind};
 use pipe::topology::RunOptions;
 use serde_json::Value;
-use support::{http, pipeline, schema, tls};
+use support::{http, pipeline, tls};
 
 /// Runs `http_probe` with `settings` (stage-level YAML lines, indented four spaces) and
 /// `targets` until each of `count` targets has reported once; returns the first result of each.
@@ -46,18 +46,16 @@ sinks:
 "
     );
     let running = pipeline::start(&yaml, RunOptions::default());
-    let mut results = HashMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while results.len() < count {
-        let (fields, _) = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {count} targets reported", results.len()))
-            .expect("the pipeline is running");
-        let message = Value::Object(fields);
-        schema::assert_valid(&message);
-        let result: CheckResult = serde_json::from_value(message).unwrap();
-        results.entry(result.target.clone()).or_insert(result);
-    }
+    let first = pipeline::first_by_target(&mut rx, count, Duration::from_secs(30)).await;
+    let results = first
+        .into_iter()
+        .map(|(target, (fields, _))| {
+            (
+                target,
+                serde_json::from_value(Value::Object(fields)).unwrap(),
+            )
+        })
+        .collect();
     running.stop().await.expect("a clean stop");
     results
 }

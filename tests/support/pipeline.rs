@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
-type Captured = (Fields, Option<Bytes>);
+pub type Captured = (Fields, Option<Bytes>);
 
 fn channels() -> &'static Mutex<HashMap<String, mpsc::UnboundedSender<Captured>>> {
     static CHANNELS: OnceLock<Mutex<HashMap<String, mpsc::UnboundedSender<Captured>>>> =
@@ -140,4 +140,33 @@ pub fn start(yaml: &str, options: RunOptions) -> Running {
         logger(),
     ));
     Running { stop, handle }
+}
+
+/// Reads check results from `rx` until `count` targets have each reported once, validating
+/// every message against docs/check-v1.schema.json; returns the first of each, by target.
+/// Panics, naming who did report, when that takes longer than `within`.
+pub async fn first_by_target(
+    rx: &mut mpsc::UnboundedReceiver<Captured>,
+    count: usize,
+    within: std::time::Duration,
+) -> HashMap<String, Captured> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut first = HashMap::new();
+    while first.len() < count {
+        let (fields, raw) = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {count} targets reported: {:?}",
+                    first.len(),
+                    first.keys()
+                )
+            })
+            .expect("the pipeline is running");
+        let message = serde_json::Value::Object(fields.clone());
+        super::schema::assert_valid(&message);
+        let target = fields["target"].as_str().expect("a target").to_owned();
+        first.entry(target).or_insert((fields, raw));
+    }
+    first
 }
