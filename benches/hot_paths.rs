@@ -119,11 +119,7 @@ fn encoding(c: &mut Criterion) {
 }
 
 fn regex(c: &mut Criterion) {
-    let cx = BuildContext {
-        stage_id: "body".into(),
-        base_dir: ".".into(),
-        logger: slog::Logger::root(slog::Discard, slog::o!()),
-    };
+    let cx = BuildContext::new("body", ".", slog::Logger::root(slog::Discard, slog::o!()));
     let mut stage = RegexMatchConfig::default()
         .build(&cx)
         .unwrap_or_else(|_| panic!("build"));
@@ -226,6 +222,7 @@ fn executor(c: &mut Criterion) {
                     ),
                 ],
                 warnings: Vec::new(),
+                telemetry: pipe::telemetry::Telemetry::new(),
             };
             runtime
                 .block_on(topology::run(

@@ -203,11 +203,7 @@ fn sink_rows(url: &str, rows: &[CheckResult]) -> Duration {
     ))
     .unwrap();
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let cx = BuildContext {
-        stage_id: "db".into(),
-        base_dir: ".".into(),
-        logger: logger.clone(),
-    };
+    let cx = BuildContext::new("db", ".", logger.clone());
     let sink = config.build(&cx).unwrap_or_else(|_| panic!("sink"));
     let pipeline = CompiledPipeline {
         name: "bench".into(),
@@ -228,6 +224,7 @@ fn sink_rows(url: &str, rows: &[CheckResult]) -> Duration {
             },
         ],
         warnings: vec![],
+        telemetry: pipe::telemetry::Telemetry::new(),
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let started = Instant::now();

@@ -48,6 +48,10 @@ enum Command {
         /// Events each stage's input channel holds before upstream stages wait.
         #[arg(long, default_value_t = RunOptions::default().channel_capacity)]
         buffer: usize,
+        /// Serve /metrics (Prometheus), /health and /ready on this address only, such as
+        /// 127.0.0.1:9898. Default: no server.
+        #[arg(long, value_name = "HOST:PORT")]
+        http_addr: Option<String>,
     },
     /// Check pipeline files and print every problem; exit 1 if any has an error.
     Validate {
@@ -96,7 +100,8 @@ pub fn main(registry: Registry) -> ExitCode {
                 file,
                 grace,
                 buffer,
-            } => run(&registry, &logger, file, grace, buffer).await,
+                http_addr,
+            } => run(&registry, &logger, file, grace, buffer, http_addr).await,
             Command::Validate { files } => validate(&registry, &logger, &files),
             Command::Graph { file } => graph(&registry, &logger, file),
             Command::Stages => {
@@ -154,10 +159,30 @@ async fn run(
     file: PathBuf,
     grace: Duration,
     buffer: usize,
+    http_addr: Option<String>,
 ) -> ExitCode {
     let Some(pipeline) = load(registry, logger, &file) else {
         return ExitCode::FAILURE;
     };
+    // Bound before the pipeline starts, so a taken port fails the run at once.
+    let server = match &http_addr {
+        Some(addr) => match crate::telemetry::server::Server::bind(addr).await {
+            Ok(server) => Some(server),
+            Err(message) => {
+                error!(logger, "cannot start the HTTP server"; "error" => message);
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let stop_server = tokio_util::sync::CancellationToken::new();
+    let serving = server.map(|server| {
+        tokio::spawn(server.serve(
+            pipeline.telemetry.clone(),
+            stop_server.clone(),
+            logger.clone(),
+        ))
+    });
     let options = RunOptions {
         grace,
         channel_capacity: buffer,
@@ -167,7 +192,12 @@ async fn run(
         let signal = stop_signal().await;
         info!(signal_logger, "received {signal}");
     };
-    match topology::run(pipeline, options, shutdown, logger.clone()).await {
+    let result = topology::run(pipeline, options, shutdown, logger.clone()).await;
+    stop_server.cancel();
+    if let Some(serving) = serving {
+        let _ = serving.await;
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(logger, "pipeline failed"; "error" => %e);

@@ -12,6 +12,7 @@ use crate::config::diagnostic::{Diagnostic, Diagnostics, Severity};
 use crate::config::locate::{join_index, join_key};
 use crate::config::{self, PipelineFile, StageEntry};
 use crate::registry::{BuildContext, BuiltStage, Registry, StageKind};
+use crate::telemetry::Telemetry;
 
 /// A stage that passed validation, built and ready to run.
 pub struct CompiledStage {
@@ -35,6 +36,8 @@ pub struct CompiledPipeline {
     pub stages: Vec<CompiledStage>,
     /// Problems that do not stop the pipeline (a stage whose output nothing reads).
     pub warnings: Vec<Diagnostic>,
+    /// The run's metrics and health, which its stages were built with.
+    pub telemetry: Telemetry,
 }
 
 /// Loads, validates and builds the pipeline at `path`.
@@ -68,7 +71,8 @@ fn finish(
     let Some(file) = file else {
         return Err(Diagnostics(diagnostics));
     };
-    let stages = compile(&file, registry, logger, &mut diagnostics);
+    let telemetry = Telemetry::new();
+    let stages = compile(&file, registry, logger, &telemetry, &mut diagnostics);
     // Stable: messages about one position keep the order they were found in.
     diagnostics.sort_by_key(|d| (d.location, d.severity));
     if diagnostics.iter().any(Diagnostic::is_error) {
@@ -78,6 +82,7 @@ fn finish(
         name: file.name,
         stages,
         warnings: diagnostics,
+        telemetry,
     })
 }
 
@@ -85,6 +90,7 @@ fn compile(
     file: &PipelineFile,
     registry: &Registry,
     logger: &slog::Logger,
+    telemetry: &Telemetry,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Vec<CompiledStage> {
     let mut error = |path: &str, stage: Option<&StageEntry>, message: String| {
@@ -198,8 +204,10 @@ fn compile(
         };
         let cx = BuildContext {
             stage_id: stage.id.clone(),
+            type_name: type_name.clone(),
             base_dir: file.base_dir.clone(),
             logger: logger.new(slog::o!("stage" => stage.id.clone(), "type" => type_name.clone())),
+            telemetry: telemetry.clone(),
         };
         match registration.build(stage.settings.clone(), &cx) {
             Ok(built_stage) => built.push(CompiledStage {

@@ -10,17 +10,19 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 use slog::{debug, error, info, warn};
 
 use crate::config::diagnostic::ConfigError;
+use crate::telemetry::StageHealth;
 use crate::throttle::RepeatedWarning;
 
 /// A librdkafka setting's value as written in YAML: a string, number or boolean.
@@ -113,6 +115,7 @@ pub fn client_config(
     // lines only for the `debug` contexts set in `options`, so passing everything costs
     // nothing otherwise, and our logger decides what is shown.
     config.set_log_level(RDKafkaLogLevel::Debug);
+    config.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     for (key, value) in defaults {
         config.set(*key, *value);
     }
@@ -141,7 +144,17 @@ pub struct SlogContext {
     /// logged at most once per [`crate::throttle::PERIOD`], with how long it has lasted.
     repeats: Mutex<HashMap<String, RepeatedWarning>>,
     last_error: LastError,
+    /// The stage's readiness: not ready once no broker has been reachable for
+    /// [`UNREACHABLE_GRACE`].
+    health: Option<StageHealth>,
 }
+
+/// How long no broker may be reachable before the stage counts as not ready.
+pub const UNREACHABLE_GRACE: Duration = Duration::from_secs(30);
+
+/// How often librdkafka reports its statistics (broker states, consumer lag), unless the
+/// stage's `options` set `statistics.interval.ms`.
+pub const STATISTICS_INTERVAL_MS: &str = "5000";
 
 /// The last error librdkafka reported that says the cluster refuses us for good: a TLS
 /// handshake that failed (a wrong CA, a missing client certificate, a wrong host name) or a
@@ -181,6 +194,29 @@ impl SlogContext {
             options,
             repeats: Mutex::default(),
             last_error: LastError::default(),
+            health: None,
+        }
+    }
+
+    /// Reports the reachability of the cluster to `health`.
+    #[must_use]
+    pub fn with_health(mut self, health: StageHealth) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// Reads librdkafka's statistics: a stage whose client is connected to no broker is
+    /// unreachable; one connected to any is not.
+    pub fn observe(&self, statistics: &Statistics) {
+        let Some(health) = &self.health else { return };
+        if statistics.brokers.values().any(|b| b.state == "UP") {
+            health.resolved("broker_unreachable");
+        } else {
+            health.problem(
+                "broker_unreachable",
+                "no connection to any Kafka broker",
+                UNREACHABLE_GRACE,
+            );
         }
     }
 
@@ -213,9 +249,18 @@ impl ClientContext for SlogContext {
         }
     }
 
+    fn stats(&self, statistics: Statistics) {
+        self.observe(&statistics);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         let text = redact(&format!("{error}: {reason}"), &self.options);
         self.last_error.record(&error, &text);
+        if let (Some(health), Some(RDKafkaErrorCode::AllBrokersDown)) =
+            (&self.health, error.rdkafka_error_code())
+        {
+            health.problem("broker_unreachable", text.clone(), UNREACHABLE_GRACE);
+        }
         let report = self
             .repeats
             .lock()

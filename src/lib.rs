@@ -97,6 +97,7 @@ pub mod schedule;
 pub mod secrets;
 pub mod stage;
 pub mod stages;
+pub mod telemetry;
 pub mod throttle;
 pub mod topology;
 

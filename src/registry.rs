@@ -16,6 +16,7 @@ use serde_norway::Value;
 
 use crate::config::diagnostic::ConfigError;
 use crate::stage::{Sink, Source, Transform};
+use crate::telemetry::Telemetry;
 
 /// Source, transform or sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -61,13 +62,44 @@ impl fmt::Display for StageKind {
 pub struct BuildContext {
     /// The id of the stage being built.
     pub stage_id: String,
+    /// The stage's `type:`.
+    pub type_name: String,
     /// The directory of the pipeline file: relative paths in settings are relative to it.
     pub base_dir: PathBuf,
     /// The stage's logger, with its id and type as fields.
     pub logger: slog::Logger,
+    /// The run's metrics and health, where the stage takes its counters and reports its
+    /// readiness.
+    pub telemetry: Telemetry,
 }
 
 impl BuildContext {
+    /// A context for building stage `stage_id` outside a pipeline file (tests, embedding),
+    /// with a telemetry of its own.
+    pub fn new(
+        stage_id: impl Into<String>,
+        base_dir: impl Into<PathBuf>,
+        logger: slog::Logger,
+    ) -> Self {
+        Self {
+            stage_id: stage_id.into(),
+            type_name: String::new(),
+            base_dir: base_dir.into(),
+            logger,
+            telemetry: Telemetry::new(),
+        }
+    }
+
+    /// The labels of this stage's own metrics: `stage` and `type`.
+    pub fn labels(&self) -> crate::telemetry::Labels {
+        crate::telemetry::stage_labels(&self.stage_id, &self.type_name)
+    }
+
+    /// This stage's handle on its readiness.
+    pub fn health(&self) -> crate::telemetry::StageHealth {
+        self.telemetry.health().stage(&self.stage_id)
+    }
+
     /// Resolves a path from the settings against the pipeline file's directory.
     pub fn resolve_path(&self, path: &str) -> PathBuf {
         self.base_dir.join(path)

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+use prometheus_client::metrics::counter::Counter;
 use slog::{error, warn};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -117,6 +118,17 @@ pub struct Slot {
     pub scheduled_ms: u64,
 }
 
+/// Where a schedule reports the slots it skips: a warning at most every 30 s naming a few of
+/// the targets, and a counter.
+pub struct MissedSlots<'a> {
+    /// The entries' names, in the order of the entries.
+    pub names: &'a [String],
+    /// Where the warnings go.
+    pub logger: &'a slog::Logger,
+    /// Counts every skipped slot (`pipe_probe_missed_slots_total`).
+    pub counter: Option<&'a Counter>,
+}
+
 /// What a schedule run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Stats {
@@ -128,13 +140,13 @@ pub struct Stats {
 
 /// How often, at most, skipped slots are reported. An overloaded checker can skip thousands of
 /// slots a second; one line per slot would bury everything else in the log.
-const MISSED_REPORT_EVERY: Duration = Duration::from_secs(10);
+const MISSED_REPORT_EVERY: Duration = Duration::from_secs(30);
 
 /// Target names a missed-slot report lists before it just counts.
 const MISSED_REPORT_NAMES: usize = 5;
 
 /// Runs `check` for every slot of every entry until `shutdown`, then waits for the checks in
-/// flight. `names` label the reports of missed slots.
+/// flight, reporting skipped slots to `missed_slots`.
 ///
 /// At most `concurrency` checks run at once. A due slot that finds them all taken waits in a
 /// first-come-first-served queue; its check (and its future, with whatever buffers it holds) is
@@ -147,11 +159,10 @@ const MISSED_REPORT_NAMES: usize = 5;
 /// separate tasks would each wake a runtime thread. Measured in BENCHMARKS.md.
 pub async fn run<F, Fut>(
     entries: &[Entry],
-    names: &[String],
     clock: Clock,
     concurrency: usize,
     shutdown: CancellationToken,
-    logger: &slog::Logger,
+    missed_slots: MissedSlots<'_>,
     mut check: F,
 ) -> Stats
 where
@@ -170,6 +181,11 @@ where
     let mut waiting: VecDeque<Slot> = VecDeque::new();
     let mut running = FuturesUnordered::new();
     let mut stats = Stats::default();
+    let MissedSlots {
+        names,
+        logger,
+        counter: missed_slots,
+    } = missed_slots;
     let mut missed = MissedReport::new(names, logger);
 
     // A check that panics is a bug, but it must not stop its target (or the others) forever.
@@ -228,6 +244,9 @@ where
             drop(top);
             if busy[entry] {
                 stats.missed += 1;
+                if let Some(counter) = missed_slots {
+                    counter.inc();
+                }
                 missed.add(entry);
                 continue;
             }
@@ -403,11 +422,14 @@ mod tests {
         let record = Arc::clone(&log);
         let stats = run(
             &entries,
-            &names(2),
             clock,
             10,
             shutdown,
-            &logger(),
+            MissedSlots {
+                names: &names(2),
+                logger: &logger(),
+                counter: None,
+            },
             move |slot| {
                 let record = Arc::clone(&record);
                 async move {
@@ -474,11 +496,14 @@ mod tests {
         let record = Arc::clone(&starts);
         run(
             &entries,
-            &names(4),
             clock,
             2,
             shutdown,
-            &logger(),
+            MissedSlots {
+                names: &names(4),
+                logger: &logger(),
+                counter: None,
+            },
             move |slot| {
                 let record = Arc::clone(&record);
                 async move {
@@ -509,11 +534,14 @@ mod tests {
         let record = Arc::clone(&state);
         let stats = run(
             &entries,
-            &names(6),
             clock,
             2,
             shutdown,
-            &logger(),
+            MissedSlots {
+                names: &names(6),
+                logger: &logger(),
+                counter: None,
+            },
             move |slot| {
                 {
                     let mut state = record.lock().unwrap();
@@ -562,11 +590,14 @@ mod tests {
         }];
         let stats = run(
             &entries,
-            &names(1),
             test_clock(),
             1,
             stop_after(Duration::from_secs(35)),
-            &logger(),
+            MissedSlots {
+                names: &names(1),
+                logger: &logger(),
+                counter: None,
+            },
             |_| tokio::time::sleep(Duration::from_secs(10)),
         )
         .await;
@@ -592,11 +623,14 @@ mod tests {
         let record = Arc::clone(&runs);
         let stats = run(
             &entries,
-            &names(1),
             clock,
             1,
             shutdown,
-            &logger(),
+            MissedSlots {
+                names: &names(1),
+                logger: &logger(),
+                counter: None,
+            },
             move |_| {
                 let record = Arc::clone(&record);
                 async move {
@@ -656,27 +690,38 @@ mod tests {
         }; 7];
         let records = Arc::new(Mutex::new(Vec::new()));
         let logger = slog::Logger::root(slog::Fuse(Capture(Arc::clone(&records))), slog::o!());
-        let shutdown = stop_after(Duration::from_millis(25_500));
+        let shutdown = stop_after(Duration::from_millis(65_500));
         // Every check outlasts the run, so every later slot is missed.
-        let stats = run(&entries, &names(7), clock, 10, shutdown, &logger, |_| {
-            tokio::time::sleep(Duration::from_secs(100))
-        })
+        let missed_slots = Counter::default();
+        let stats = run(
+            &entries,
+            clock,
+            10,
+            shutdown,
+            MissedSlots {
+                names: &names(7),
+                logger: &logger,
+                counter: Some(&missed_slots),
+            },
+            |_| tokio::time::sleep(Duration::from_secs(100)),
+        )
         .await;
         let records = records.lock().unwrap();
         let skipped: Vec<u64> = records
             .iter()
             .map(|r| r["skipped_slots"].parse().unwrap())
             .collect();
-        // Slots at 0 s start; those at 1..=25 s are missed: the first report at once (1 s), then
-        // one at most every 10 s (11 s, 21 s), then the rest at the end.
-        assert_eq!(skipped, [7, 70, 70, 28], "{records:?}");
+        // Slots at 0 s start; those at 1..=65 s are missed: the first report at once (1 s), then
+        // one at most every 30 s (31 s, 61 s), then the rest at the end.
+        assert_eq!(skipped, [7, 210, 210, 28], "{records:?}");
         assert_eq!(
             stats,
             Stats {
                 started: 7,
-                missed: 7 * 25
+                missed: 7 * 65
             }
         );
+        assert_eq!(missed_slots.get(), 7 * 65, "the counter follows every slot");
         for record in records.iter() {
             assert_eq!(record["targets"], "7");
             assert_eq!(record["examples"], "t0, t1, t2, t3, t4, …");

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -83,6 +84,8 @@ pub struct SinkContext {
 #[derive(Clone)]
 pub struct Output {
     senders: Vec<mpsc::Sender<Event>>,
+    /// The stage's `pipe_stage_sent_events_total`.
+    sent: Counter,
 }
 
 /// A downstream stage is gone: the pipeline is failing or stopping.
@@ -91,8 +94,8 @@ pub struct Output {
 pub struct DownstreamClosed;
 
 impl Output {
-    pub(crate) fn new(senders: Vec<mpsc::Sender<Event>>) -> Self {
-        Self { senders }
+    pub(crate) fn new(senders: Vec<mpsc::Sender<Event>>, sent: Counter) -> Self {
+        Self { senders, sent }
     }
 
     /// Waits until every reader's channel has room for one event, and holds that room. Unlike
@@ -103,11 +106,15 @@ impl Output {
         for sender in &self.senders {
             permits.push(sender.reserve().await.map_err(|_| DownstreamClosed)?);
         }
-        Ok(Permit { permits })
+        Ok(Permit {
+            permits,
+            sent: &self.sent,
+        })
     }
 
     /// Sends `event` to every reader, waiting while any of their channels is full.
     pub async fn send(&mut self, event: Event) -> Result<(), DownstreamClosed> {
+        self.sent.inc();
         let Some((last, rest)) = self.senders.split_last() else {
             // Nobody reads this stage (validation warned): the event is done with.
             event.discard();
@@ -126,11 +133,13 @@ impl Output {
 /// Room for one event in every reader's channel, from [`Output::reserve`].
 pub struct Permit<'a> {
     permits: Vec<mpsc::Permit<'a, Event>>,
+    sent: &'a Counter,
 }
 
 impl Permit<'_> {
     /// Hands `event` (a copy to each reader) over, without waiting.
     pub fn send(self, event: Event) {
+        self.sent.inc();
         let mut permits = self.permits;
         let Some(last) = permits.pop() else {
             event.discard();
@@ -146,26 +155,38 @@ impl Permit<'_> {
 /// The upstream side of a sink: every event from all of its inputs (fan-in).
 pub struct Input {
     receiver: mpsc::Receiver<Event>,
+    /// The stage's `pipe_stage_received_events_total`.
+    received: Counter,
 }
 
 impl Input {
-    pub(crate) fn new(receiver: mpsc::Receiver<Event>) -> Self {
-        Self { receiver }
+    pub(crate) fn new(receiver: mpsc::Receiver<Event>, received: Counter) -> Self {
+        Self { receiver, received }
     }
 
     /// The next event, or `None` once every upstream stage has finished and the channel is empty.
     pub async fn recv(&mut self) -> Option<Event> {
-        self.receiver.recv().await
+        let event = self.receiver.recv().await;
+        if event.is_some() {
+            self.received.inc();
+        }
+        event
     }
 
     /// Waits for at least one event, then appends up to `limit` events that are ready to
     /// `buffer`. Returns how many were added; 0 means the input is closed and drained.
     pub async fn recv_many(&mut self, buffer: &mut Vec<Event>, limit: usize) -> usize {
-        self.receiver.recv_many(buffer, limit).await
+        let received = self.receiver.recv_many(buffer, limit).await;
+        self.received.inc_by(received as u64);
+        received
     }
 
     /// An event if one is ready now.
     pub fn try_recv(&mut self) -> Option<Event> {
-        self.receiver.try_recv().ok()
+        let event = self.receiver.try_recv().ok();
+        if event.is_some() {
+            self.received.inc();
+        }
+        event
     }
 }

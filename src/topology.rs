@@ -9,6 +9,10 @@
 //! closed drains and returns, closing its own output; sinks drain and finish last. If that takes
 //! longer than the grace period, the remaining tasks are aborted and the run fails, and the
 //! events they held are reported to their sources as not delivered.
+//!
+//! The executor also keeps each stage's counts of what crosses its channels (events received
+//! and sent, events waiting in its input) and the run's health: live from the start until
+//! shutdown begins, a stage that fails not ready for good.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,6 +32,39 @@ use crate::registry::{BuiltStage, StageKind};
 use crate::stage::{
     BoxError, DownstreamClosed, Input, Output, SinkContext, SourceContext, Transform,
 };
+use crate::telemetry::{self, Labels};
+
+/// `pipe_stage_input_queue_events`, read from the channels at each scrape. Holds them weakly,
+/// so that a channel still closes when its last writer finishes.
+#[derive(Debug)]
+struct QueueCollector {
+    queues: Vec<(Labels, mpsc::WeakSender<Event>)>,
+}
+
+impl prometheus_client::collector::Collector for QueueCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+
+        let mut family = encoder.encode_descriptor(
+            "pipe_stage_input_queue_events",
+            "Events waiting in a stage's input channel.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, queue) in &self.queues {
+            let waiting = queue
+                .upgrade()
+                .map_or(0, |sender| sender.max_capacity() - sender.capacity());
+            ConstGauge::new(waiting as i64).encode(family.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+}
 
 /// How a pipeline runs.
 #[derive(Debug, Clone)]
@@ -123,20 +160,56 @@ pub async fn run(
             outputs[writer].push(tx.clone());
         }
     }
+    let telemetry = pipeline.telemetry.clone();
+    let labels: Vec<Labels> = pipeline
+        .stages
+        .iter()
+        .map(|s| telemetry::stage_labels(&s.id, &s.type_name))
+        .collect();
+    telemetry.register_collector(Box::new(QueueCollector {
+        queues: labels
+            .iter()
+            .zip(&senders)
+            .filter_map(|(labels, sender)| Some((labels.clone(), sender.as_ref()?.downgrade())))
+            .collect(),
+    }));
     // Only the writers hold senders now, so a channel closes when its last writer finishes.
     drop(senders);
+    let received = telemetry.counters(
+        "pipe_stage_received_events",
+        "Events a stage took from its input channel.",
+    );
+    let sent = telemetry.counters("pipe_stage_sent_events", "Events a stage emitted.");
+    let errors = telemetry.stage_errors();
+    let health = telemetry.health().clone();
+    let stage_health: HashMap<String, _> = pipeline
+        .stages
+        .iter()
+        .map(|s| (s.id.clone(), health.stage(&s.id)))
+        .collect();
 
     let mut stages = pipeline.stages;
-    preflight(&mut stages, &logger).await?;
+    if let Err(failure) = preflight(&mut stages, &logger).await {
+        if let RunError::StageFailed { id, error, .. } = &failure {
+            if let Some(stage) = stage_health.get(id) {
+                stage.failed(error.to_string());
+            }
+        }
+        health.shutting_down();
+        return Err(failure);
+    }
 
     let shutdown_token = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let mut infos = HashMap::new();
-    for ((stage, output), receiver) in stages.into_iter().zip(outputs).zip(receivers) {
+    for (((stage, output), receiver), labels) in
+        stages.into_iter().zip(outputs).zip(receivers).zip(&labels)
+    {
         let id: Arc<str> = Arc::from(stage.id.as_str());
         let stage_logger =
             logger.new(o!("stage" => stage.id.clone(), "type" => stage.type_name.clone()));
-        let output = Output::new(output);
+        let output = Output::new(output, sent.get_or_create(labels).clone());
+        let received = received.get_or_create(labels).clone();
         let token = shutdown_token.clone();
         let task = match stage.stage {
             BuiltStage::Source(source) => tasks.spawn(source.run(SourceContext {
@@ -146,11 +219,11 @@ pub async fn run(
                 logger: stage_logger,
             })),
             BuiltStage::Transform(transform) => {
-                let input = Input::new(receiver.expect("transforms have inputs"));
+                let input = Input::new(receiver.expect("transforms have inputs"), received);
                 tasks.spawn(run_transform(transform, input, output))
             }
             BuiltStage::Sink(sink) => {
-                let input = Input::new(receiver.expect("sinks have inputs"));
+                let input = Input::new(receiver.expect("sinks have inputs"), received);
                 tasks.spawn(sink.run(
                     input,
                     SinkContext {
@@ -172,12 +245,14 @@ pub async fn run(
         );
     }
     info!(&logger, "pipeline started"; "pipeline" => &pipeline.name, "stages" => infos.len());
+    health.started();
 
     let mut shutdown = std::pin::pin!(shutdown);
     let mut deadline: Option<Instant> = None;
     let mut failure: Option<RunError> = None;
     let begin_shutdown = |deadline: &mut Option<Instant>| {
         if deadline.is_none() {
+            health.shutting_down();
             shutdown_token.cancel();
             *deadline = Some(Instant::now() + options.grace);
         }
@@ -208,6 +283,16 @@ pub async fn run(
                             debug!(&logger, "stage stopped: its downstream is gone"; "stage" => &*info.id);
                         } else {
                             error!(&logger, "stage failed"; "stage" => &*info.id, "type" => &info.type_name, "error" => %error);
+                            errors
+                                .get_or_create(&telemetry::with(
+                                    &telemetry::stage_labels(&info.id, &info.type_name),
+                                    "kind",
+                                    "failed",
+                                ))
+                                .inc();
+                            if let Some(stage) = stage_health.get(&*info.id) {
+                                stage.failed(error.to_string());
+                            }
                         }
                         let replace = match &failure {
                             None => true,
@@ -251,6 +336,7 @@ pub async fn run(
         }
     }
 
+    health.shutting_down();
     match failure {
         Some(failure) => Err(failure),
         None => {

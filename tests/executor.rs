@@ -40,6 +40,7 @@ fn pipeline(stages: Vec<CompiledStage>) -> CompiledPipeline {
         name: "test".to_owned(),
         stages,
         warnings: Vec::new(),
+        telemetry: pipe::telemetry::Telemetry::new(),
     }
 }
 

@@ -102,6 +102,8 @@ pub fn logger() -> slog::Logger {
 pub struct Running {
     stop: Arc<Notify>,
     handle: JoinHandle<Result<(), RunError>>,
+    /// The run's metrics and health.
+    pub telemetry: pipe::telemetry::Telemetry,
 }
 
 impl Running {
@@ -133,13 +135,18 @@ pub fn start(yaml: &str, options: RunOptions) -> Running {
     .unwrap_or_else(|d| panic!("invalid test pipeline:\n{d}"));
     let stop = Arc::new(Notify::new());
     let signal = Arc::clone(&stop);
+    let telemetry = pipeline.telemetry.clone();
     let handle = tokio::spawn(topology::run(
         pipeline,
         options,
         async move { signal.notified().await },
         logger(),
     ));
-    Running { stop, handle }
+    Running {
+        stop,
+        handle,
+        telemetry,
+    }
 }
 
 /// Reads check results from `rx` until `count` targets have each reported once, validating

@@ -36,7 +36,10 @@ use crate::config::duration;
 use crate::kafka::{self, Options, SlogContext};
 use crate::registry::{BuildContext, StageConfig};
 use crate::stage::{BoxError, Input, Sink, SinkContext};
+use crate::telemetry::StageHealth;
 use crate::throttle::RepeatedWarning;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 fn default_key() -> String {
     "target".to_owned()
@@ -110,7 +113,8 @@ impl StageConfig for KafkaSinkConfig {
         let mut last_error = kafka::LastError::default();
         let producer = match config {
             Ok(config) => {
-                let context = SlogContext::new(cx.logger.clone(), self.options.clone());
+                let context = SlogContext::new(cx.logger.clone(), self.options.clone())
+                    .with_health(cx.health());
                 last_error = context.last_error();
                 // Creating the producer loads certificates and keys: a missing or unreadable
                 // file is reported now rather than when the first result is ready.
@@ -142,6 +146,8 @@ impl StageConfig for KafkaSinkConfig {
             connect_timeout: self.connect_timeout,
             message_timeout,
             last_error,
+            metrics: SinkMetrics::new(cx),
+            health: cx.health(),
         }))
     }
 }
@@ -192,6 +198,46 @@ struct KafkaSink {
     connect_timeout: Duration,
     message_timeout: Duration,
     last_error: kafka::LastError,
+    metrics: SinkMetrics,
+    health: StageHealth,
+}
+
+/// What the sink counts (`docs/metrics.md`).
+#[derive(Clone)]
+struct SinkMetrics {
+    delivered: Counter,
+    failed: Counter,
+    queued: Gauge,
+}
+
+impl SinkMetrics {
+    fn new(cx: &BuildContext) -> Self {
+        let labels = cx.labels();
+        let telemetry = &cx.telemetry;
+        Self {
+            delivered: telemetry
+                .counters(
+                    "pipe_kafka_sink_delivered_messages",
+                    "Messages the broker confirmed.",
+                )
+                .get_or_create(&labels)
+                .clone(),
+            failed: telemetry
+                .counters(
+                    "pipe_kafka_sink_failed_messages",
+                    "Messages that finally failed (their events are reported failed).",
+                )
+                .get_or_create(&labels)
+                .clone(),
+            queued: telemetry
+                .gauges(
+                    "pipe_kafka_sink_producer_queue_messages",
+                    "Messages waiting in the producer: queued or sent and not yet confirmed.",
+                )
+                .get_or_create(&labels)
+                .clone(),
+        }
+    }
 }
 
 /// What the cluster said of the sink's topic at start.
@@ -244,10 +290,11 @@ fn missing_topic(topic: &str, brokers: &str) -> String {
 type Delivery = BoxFuture<'static, (Result<(), KafkaError>, Option<AckHandle>)>;
 
 /// Deliveries so far.
-#[derive(Default)]
 struct Tally {
     delivered: u64,
     failed: u64,
+    metrics: SinkMetrics,
+    health: StageHealth,
 }
 
 /// Is this a delivery error that means "the topic is not there (now)"?
@@ -294,6 +341,7 @@ async fn deliver(
     payload: Vec<u8>,
     give_up: Instant,
     missing: MissingTopicWarning,
+    health: StageHealth,
 ) -> Result<(), KafkaError> {
     loop {
         let mut record = FutureRecord::to(&topic).payload(&payload);
@@ -301,12 +349,22 @@ async fn deliver(
             record = record.key(key);
         }
         let outcome = match producer.send_result(record) {
-            Ok(delivery) => match delivery.await {
+            Ok(delivery) => match {
+                health.resolved("queue_full");
+                delivery
+            }
+            .await
+            {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err((e, _))) => Err(e),
                 Err(_) => Err(KafkaError::Canceled),
             },
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                health.problem(
+                    "queue_full",
+                    "the producer's queue is full (queue.buffering.max.messages)",
+                    Duration::ZERO,
+                );
                 // librdkafka's own queue is full: let deliveries drain a little.
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
@@ -335,10 +393,14 @@ impl Tally {
         let status = match outcome {
             Ok(()) => {
                 self.delivered += 1;
+                self.metrics.delivered.inc();
+                // A confirmation is proof of a reachable broker.
+                self.health.resolved("broker_unreachable");
                 AckStatus::Delivered
             }
             Err(e) => {
                 self.failed += 1;
+                self.metrics.failed.inc();
                 error!(logger, "message not delivered"; "topic" => topic, "error" => %e,
                        "failed_so_far" => self.failed);
                 AckStatus::Failed
@@ -395,7 +457,12 @@ impl Sink for KafkaSink {
 
     async fn run(self: Box<Self>, mut input: Input, cx: SinkContext) -> Result<(), BoxError> {
         let mut in_flight: FuturesUnordered<Delivery> = FuturesUnordered::new();
-        let mut tally = Tally::default();
+        let mut tally = Tally {
+            delivered: 0,
+            failed: 0,
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+        };
         let missing = MissingTopicWarning {
             logger: cx.logger.clone(),
             repeats: Arc::default(),
@@ -410,6 +477,7 @@ impl Sink for KafkaSink {
                 }
                 Some((outcome, ack)) = in_flight.next(), if !in_flight.is_empty() => {
                     tally.settle(&cx.logger, &self.topic, outcome, ack);
+                    self.metrics.queued.set(i64::from(self.producer.in_flight_count()));
                 }
                 event = input.recv(), if in_flight.len() < self.max_in_flight => {
                     let Some(event) = event else { break };
@@ -427,8 +495,10 @@ impl Sink for KafkaSink {
                         payload,
                         Instant::now() + self.message_timeout,
                         missing.clone(),
+                        self.health.clone(),
                     );
                     in_flight.push(Box::pin(async move { (delivery.await, ack) }));
+                    self.metrics.queued.set(i64::from(self.producer.in_flight_count()));
                 }
             }
         }
@@ -474,11 +544,7 @@ mod tests {
     use super::*;
 
     fn build(yaml: &str) -> Result<Box<dyn Sink>, Vec<ConfigError>> {
-        let cx = BuildContext {
-            stage_id: "kafka".into(),
-            base_dir: ".".into(),
-            logger: slog::Logger::root(slog::Discard, slog::o!()),
-        };
+        let cx = BuildContext::new("kafka", ".", slog::Logger::root(slog::Discard, slog::o!()));
         serde_norway::from_str::<KafkaSinkConfig>(yaml)
             .unwrap()
             .build(&cx)

@@ -102,11 +102,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown field `interva`"));
-        let cx = BuildContext {
-            stage_id: "gen".into(),
-            base_dir: ".".into(),
-            logger: slog::Logger::root(slog::Discard, slog::o!()),
-        };
+        let cx = BuildContext::new("gen", ".", slog::Logger::root(slog::Discard, slog::o!()));
         let errors = config("interval: 0ms").unwrap().build(&cx).err().unwrap();
         assert_eq!(errors[0].field.as_deref(), Some("interval"));
         assert!(config("interval: 0ms\ncount: 2")

@@ -31,6 +31,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -51,7 +52,10 @@ use crate::event::{Event, Origin};
 use crate::kafka::{self, Options, SlogContext};
 use crate::registry::{BuildContext, StageConfig};
 use crate::stage::{BoxError, Source, SourceContext};
+use crate::telemetry::{self, GaugeFamily, Labels, StageHealth};
 use crate::throttle::RepeatedWarning;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 fn default_max_message_bytes() -> usize {
     1 << 20
@@ -171,11 +175,21 @@ impl StageConfig for KafkaSourceConfig {
             config.set("group.instance.id", id);
         }
         let consumer = config.and_then(|config| {
+            let health = cx.health();
+            health.problem(
+                "no_partition",
+                format!("no partition of group `{}` assigned yet", self.group),
+                NO_PARTITION_GRACE,
+            );
             let context = KafkaContext {
-                log: SlogContext::new(cx.logger.clone(), self.options.clone()),
+                log: SlogContext::new(cx.logger.clone(), self.options.clone())
+                    .with_health(health.clone()),
                 revoked: Mutex::default(),
                 rebalanced: Notify::new(),
                 paused: AtomicBool::new(false),
+                metrics: SourceMetrics::new(cx),
+                health,
+                group: self.group.clone(),
             };
             match config.create_with_context::<_, StreamConsumer<KafkaContext>>(context) {
                 Ok(consumer) => Some(consumer),
@@ -218,6 +232,78 @@ struct KafkaContext {
     /// follow at once, and so must partitions given back: librdkafka keeps a partition's pause
     /// across a revocation, so one that left paused would come back paused for good.
     paused: AtomicBool,
+    metrics: SourceMetrics,
+    /// Not ready while holding no partition for [`NO_PARTITION_GRACE`].
+    health: StageHealth,
+    group: String,
+}
+
+/// How long a writer may hold no partition of its group before it counts as not ready: a
+/// rebalance takes a few seconds, an orphaned writer for ever.
+const NO_PARTITION_GRACE: Duration = Duration::from_secs(30);
+
+/// What the source counts (`docs/metrics.md`).
+struct SourceMetrics {
+    labels: Labels,
+    lag: GaugeFamily,
+    /// The partitions whose lag is shown, to drop the series of those that went elsewhere.
+    lagging: Mutex<Vec<Labels>>,
+    rebalances: Counter,
+    assigned: Gauge,
+    /// The partitions held now.
+    held: Mutex<std::collections::HashSet<(String, i32)>>,
+}
+
+impl SourceMetrics {
+    fn new(cx: &BuildContext) -> Self {
+        let labels = cx.labels();
+        let telemetry = &cx.telemetry;
+        Self {
+            lag: telemetry.gauges(
+                "pipe_kafka_consumer_lag_messages",
+                "Messages between the partition's end and the consumer's position (librdkafka's statistics).",
+            ),
+            lagging: Mutex::default(),
+            held: Mutex::default(),
+            rebalances: telemetry
+                .counters(
+                    "pipe_kafka_consumer_rebalances",
+                    "Partition assignments received from the group.",
+                )
+                .get_or_create(&labels)
+                .clone(),
+            assigned: telemetry
+                .gauges(
+                    "pipe_kafka_consumer_assigned_partitions",
+                    "Partitions of the group this consumer holds.",
+                )
+                .get_or_create(&labels)
+                .clone(),
+            labels,
+        }
+    }
+
+    /// Sets each assigned partition's lag from librdkafka's statistics.
+    fn observe(&self, statistics: &rdkafka::statistics::Statistics) {
+        let mut shown = Vec::new();
+        for (topic, stats) in &statistics.topics {
+            for (partition, stats) in &stats.partitions {
+                // -1: not assigned here, or no position yet; the internal "-1" partition too.
+                if *partition < 0 || stats.consumer_lag < 0 {
+                    continue;
+                }
+                let mut labels = telemetry::with(&self.labels, "topic", topic.clone());
+                labels.push(("partition", partition.to_string()));
+                self.lag.get_or_create(&labels).set(stats.consumer_lag);
+                shown.push(labels);
+            }
+        }
+        let mut lagging = self.lagging.lock().expect("not poisoned");
+        for gone in lagging.iter().filter(|l| !shown.contains(l)) {
+            self.lag.remove(gone);
+        }
+        *lagging = shown;
+    }
 }
 
 impl ClientContext for KafkaContext {
@@ -227,6 +313,44 @@ impl ClientContext for KafkaContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.log.error(error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.log.observe(&statistics);
+        self.metrics.observe(&statistics);
+    }
+}
+
+impl KafkaContext {
+    /// Follows what the consumer holds through a rebalance (from the partitions it names, not
+    /// by asking librdkafka, which would deadlock inside the callbacks that close runs), and
+    /// says whether it holds nothing.
+    fn holding(&self, rebalance: &Rebalance<'_>) {
+        let mut held = self.metrics.held.lock().expect("not poisoned");
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                for element in partitions.elements() {
+                    held.insert((element.topic().to_owned(), element.partition()));
+                }
+            }
+            Rebalance::Revoke(partitions) => {
+                for element in partitions.elements() {
+                    held.remove(&(element.topic().to_owned(), element.partition()));
+                }
+            }
+            Rebalance::Error(_) => {}
+        }
+        let held = held.len();
+        self.metrics.assigned.set(held as i64);
+        if held > 0 {
+            self.health.resolved("no_partition");
+        } else {
+            self.health.problem(
+                "no_partition",
+                format!("no partition of group `{}` assigned", self.group),
+                NO_PARTITION_GRACE,
+            );
+        }
     }
 }
 
@@ -256,7 +380,9 @@ impl ConsumerContext for KafkaContext {
                 warn!(self.log.logger, "cannot pause or resume assigned partitions"; "error" => %e);
             }
             info!(self.log.logger, "partitions assigned"; "count" => partitions.count(), "paused" => paused);
+            self.metrics.rebalances.inc();
         }
+        self.holding(rebalance);
     }
 }
 

@@ -156,11 +156,7 @@ mod tests {
     use serde_json::json;
 
     fn build(yaml: &str) -> Result<Box<dyn Transform>, Vec<ConfigError>> {
-        let cx = BuildContext {
-            stage_id: "speed".into(),
-            base_dir: ".".into(),
-            logger: slog::Logger::root(slog::Discard, slog::o!()),
-        };
+        let cx = BuildContext::new("speed", ".", slog::Logger::root(slog::Discard, slog::o!()));
         serde_norway::from_str::<LatencyConfig>(yaml)
             .unwrap()
             .build(&cx)

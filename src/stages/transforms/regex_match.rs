@@ -225,11 +225,7 @@ mod tests {
     use serde_json::json;
 
     fn stage(pattern: Option<&str>) -> Box<dyn Transform> {
-        let cx = BuildContext {
-            stage_id: "body".into(),
-            base_dir: ".".into(),
-            logger: slog::Logger::root(slog::Discard, slog::o!()),
-        };
+        let cx = BuildContext::new("body", ".", slog::Logger::root(slog::Discard, slog::o!()));
         RegexMatchConfig {
             pattern: pattern.map(str::to_owned),
         }

@@ -44,6 +44,10 @@ use crate::database::{self, Database, DropOffRuntime};
 use crate::event::{Event, Payload};
 use crate::registry::{BuildContext, StageConfig};
 use crate::stage::{BoxError, Input, Sink, SinkContext};
+use crate::telemetry::{self, StageHealth};
+use crate::throttle::RepeatedWarning;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 mod dimensions;
 
@@ -108,7 +112,7 @@ impl StageConfig for PostgresSinkConfig {
         "stores check results in PostgreSQL once each, in batches, dead-lettering what cannot be stored";
     type Stage = dyn Sink;
 
-    fn build(self, _cx: &BuildContext) -> Result<Box<dyn Sink>, Vec<ConfigError>> {
+    fn build(self, cx: &BuildContext) -> Result<Box<dyn Sink>, Vec<ConfigError>> {
         let mut errors = Vec::new();
         if self.batch_size == 0 {
             errors.push(ConfigError::at(
@@ -153,6 +157,9 @@ impl StageConfig for PostgresSinkConfig {
             pool: DropOffRuntime::new(pool),
             database: database.to_string(),
             config: self,
+            metrics: SinkMetrics::new(cx),
+            health: cx.health(),
+            retry_warning: Mutex::default(),
         }))
     }
 }
@@ -162,6 +169,88 @@ struct PostgresSink {
     /// The URL with its password hidden, for messages.
     database: String,
     config: PostgresSinkConfig,
+    metrics: SinkMetrics,
+    health: StageHealth,
+    /// A database that is down fails every attempt: logged at most once per 30 s.
+    retry_warning: Mutex<RepeatedWarning>,
+}
+
+/// How long writes may fail before the sink counts as not ready.
+const WRITES_FAILING_GRACE: Duration = Duration::from_secs(30);
+
+/// What the sink counts (`docs/metrics.md`).
+struct SinkMetrics {
+    stored: Counter,
+    dead_letters: Counter,
+    retries: Counter,
+    errors_transient: Counter,
+    errors_permanent: Counter,
+    write_seconds: Histogram,
+    freshness: Histogram,
+}
+
+impl SinkMetrics {
+    fn new(cx: &BuildContext) -> Self {
+        let labels = cx.labels();
+        let telemetry = &cx.telemetry;
+        let errors = telemetry.stage_errors();
+        let error = |kind: &str| {
+            errors
+                .get_or_create(&telemetry::with(&labels, "kind", kind))
+                .clone()
+        };
+        Self {
+            stored: telemetry
+                .counters(
+                    "pipe_postgres_stored_rows",
+                    "Checks stored (a redelivered check already there is not counted).",
+                )
+                .get_or_create(&labels)
+                .clone(),
+            dead_letters: telemetry
+                .counters(
+                    "pipe_postgres_dead_letters",
+                    "Messages or rows stored in dead_letters instead of checks.",
+                )
+                .get_or_create(&labels)
+                .clone(),
+            retries: telemetry
+                .counters(
+                    "pipe_postgres_retries",
+                    "Database steps tried again after a transient failure.",
+                )
+                .get_or_create(&labels)
+                .clone(),
+            errors_transient: error("database_transient"),
+            errors_permanent: error("database_permanent"),
+            write_seconds: telemetry
+                .seconds_histograms(
+                    "pipe_postgres_batch_write",
+                    "Time one attempt at a database step took, a batch's transaction included.",
+                )
+                .get_or_create(&labels)
+                .clone(),
+            freshness: telemetry
+                .lateness_histograms(
+                    "pipe_postgres_freshness",
+                    "Time from a check's scheduled slot to the commit that stored it.",
+                )
+                .get_or_create(&labels)
+                .clone(),
+        }
+    }
+
+    fn committed(&self, written: &Written) {
+        self.stored.inc_by(written.stored.len() as u64);
+        self.dead_letters.inc_by(written.dead_letters as u64);
+        for scheduled in &written.stored {
+            let age = written
+                .committed_at
+                .duration_since(*scheduled)
+                .unwrap_or_default();
+            self.freshness.observe(age.as_secs_f64());
+        }
+    }
 }
 
 /// A check, in the columns of the `checks` table.
@@ -337,7 +426,8 @@ SELECT * FROM unnest($1::timestamptz[], $2::uuid[], $3::int4[], $4::int4[], $5::
     $13::text[]::check_error_kind[], $14::text[]::check_latency_class[], $15::int2[], $16::int2[],
     $17::bool[], $18::bool[], $19::inet[], $20::text[], $21::jsonb[], $22::int4[], $23::bool[],
     $24::int2[])
-ON CONFLICT DO NOTHING";
+ON CONFLICT DO NOTHING
+RETURNING checked_at";
 
 const UPSERT_TARGETS: &str = "\
 INSERT INTO targets (name, url, method, regex)
@@ -359,12 +449,13 @@ struct Ids {
     checkers: HashMap<CheckerKey, i16>,
 }
 
-/// Inserts `rows` (all of whose targets, TLS details and checkers have ids) with one statement.
+/// Inserts `rows` (all of whose targets, TLS details and checkers have ids) with one statement;
+/// returns the scheduled times of those stored (not of those already there).
 fn insert_checks(
     client: &mut impl postgres::GenericClient,
     rows: &[&Row],
     ids: &Ids,
-) -> Result<u64, postgres::Error> {
+) -> Result<Vec<SystemTime>, postgres::Error> {
     macro_rules! column {
         ($field:ident) => {
             rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
@@ -379,7 +470,7 @@ fn insert_checks(
         .iter()
         .map(|r| r.checker.as_ref().map(|key| ids.checkers[key]))
         .collect();
-    client.execute(
+    let stored = client.query(
         INSERT_CHECKS,
         &[
             &column!(checked_at),
@@ -407,7 +498,8 @@ fn insert_checks(
             &column!(cert_expires_soon),
             &checker_ids,
         ],
-    )
+    )?;
+    Ok(stored.iter().map(|row| row.get(0)).collect())
 }
 
 fn insert_dead_letters(
@@ -512,11 +604,7 @@ fn upsert_targets(
 
 /// Writes one batch in one transaction; on a permanent error, row by row with savepoints.
 /// The cache is locked only briefly, so several batches can be written at once.
-fn write_batch(
-    pool: &PgPool,
-    cache: &Mutex<Cache>,
-    batch: &Batch,
-) -> Result<(usize, usize), WriteError> {
+fn write_batch(pool: &PgPool, cache: &Mutex<Cache>, batch: &Batch) -> Result<Written, WriteError> {
     let (missing_days, mut changed, mut ids) = {
         let cache = cache.lock().expect("not poisoned");
         let missing: Vec<i64> = batch
@@ -559,8 +647,8 @@ fn write_batch(
         ..dimension_ids
     };
     let all: Vec<&Row> = batch.rows.iter().collect();
-    let mut tx = match insert_checks(&mut tx, &all, &ids) {
-        Ok(_) => tx,
+    let (mut tx, stored) = match insert_checks(&mut tx, &all, &ids) {
+        Ok(stored) => (tx, stored),
         Err(e) if database::is_transient(&e) => return Err(e.into()),
         Err(_) => {
             // Some row is refused: start over on the same connection, one savepoint per row.
@@ -571,7 +659,19 @@ fn write_batch(
     insert_dead_letters(&mut tx, &batch.dead)?;
     tx.commit()?;
     cache.lock().expect("not poisoned").targets.extend(fresh);
-    Ok((batch.rows.len(), batch.dead.len()))
+    Ok(Written {
+        stored,
+        dead_letters: batch.dead.len(),
+        committed_at: SystemTime::now(),
+    })
+}
+
+/// What a committed batch wrote.
+struct Written {
+    /// The scheduled times of the checks stored (redelivered ones excluded).
+    stored: Vec<SystemTime>,
+    dead_letters: usize,
+    committed_at: SystemTime,
 }
 
 /// The ids of the batch's TLS details and checkers, inserting those not stored yet.
@@ -621,7 +721,7 @@ fn write_rows_one_by_one(
     batch: &Batch,
     ids: Ids,
     client: &mut postgres::Client,
-) -> Result<(usize, usize), WriteError> {
+) -> Result<Written, WriteError> {
     let mut tx = client.transaction()?;
     let mut seen = HashSet::new();
     let mut targets: Vec<TargetRow> = batch
@@ -639,13 +739,13 @@ fn write_rows_one_by_one(
         ..ids
     };
     let mut dead = batch.dead.clone();
-    let mut stored = 0;
+    let mut stored = Vec::new();
     for (row, (source, check)) in batch.rows.iter().zip(&batch.sources) {
         let mut savepoint = tx.savepoint("row")?;
         match insert_checks(&mut savepoint, &[row], &ids) {
-            Ok(_) => {
+            Ok(times) => {
                 savepoint.commit()?;
-                stored += 1;
+                stored.extend(times);
             }
             Err(e) if database::is_transient(&e) => return Err(e.into()),
             Err(e) => {
@@ -661,7 +761,11 @@ fn write_rows_one_by_one(
     insert_dead_letters(&mut tx, &dead)?;
     tx.commit()?;
     cache.lock().expect("not poisoned").targets.extend(fresh);
-    Ok((stored, dead.len()))
+    Ok(Written {
+        stored,
+        dead_letters: dead.len(),
+        committed_at: SystemTime::now(),
+    })
 }
 
 /// Creates the partitions from yesterday to `ahead` days on, and drops expired ones.
@@ -718,20 +822,43 @@ impl PostgresSink {
             let pool = PgPool::clone(&self.pool);
             let cache = Arc::clone(cache);
             let step = step.clone();
+            let started = std::time::Instant::now();
             let result = tokio::task::spawn_blocking(move || step(&pool, &cache))
                 .await
                 .map_err(|e| format!("{what}: the database task failed: {e}"))?;
             match result {
                 Ok(value) => {
+                    self.metrics
+                        .write_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.health.resolved("writes_failing");
                     if attempt > 1 {
                         info!(cx.logger, "database reachable again"; "step" => what, "attempts" => attempt);
                     }
                     return Ok(value);
                 }
-                Err(WriteError::Permanent(message)) => return Err(format!("{what}: {message}")),
+                Err(WriteError::Permanent(message)) => {
+                    self.metrics.errors_permanent.inc();
+                    return Err(format!("{what}: {message}"));
+                }
                 Err(WriteError::Transient(message)) => {
-                    warn!(cx.logger, "database step failed; retrying"; "step" => what, "attempt" => attempt,
-                          "retry_in" => duration::format(backoff), "error" => &message, "database" => &self.database);
+                    self.metrics.retries.inc();
+                    self.metrics.errors_transient.inc();
+                    self.health.problem(
+                        "writes_failing",
+                        format!("database writes failing: {message}"),
+                        WRITES_FAILING_GRACE,
+                    );
+                    let report = self
+                        .retry_warning
+                        .lock()
+                        .expect("not poisoned")
+                        .occurred(std::time::Instant::now());
+                    if let Some(report) = report {
+                        warn!(cx.logger, "database step failed; retrying"; "step" => what, "attempt" => attempt,
+                              "retry_in" => duration::format(backoff), "error" => &message, "database" => &self.database,
+                              "lasted" => duration::format_approx(report.lasted), "occurrences" => report.occurrences);
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.config.max_backoff);
                     attempt += 1;
@@ -860,11 +987,12 @@ impl Sink for PostgresSink {
             let deadline = batch_started.map(|t| t + self.config.batch_timeout);
             let cut = tokio::select! {
                 Some(written) = in_flight.next(), if !in_flight.is_empty() => {
-                    let (written, acks): ((usize, usize), Vec<AckHandle>) = written?;
-                    stored += written.0 as u64;
-                    dead_lettered += written.1 as u64;
-                    if written.1 > 0 {
-                        warn!(cx.logger, "rows stored as dead letters"; "count" => written.1);
+                    let (written, acks): (Written, Vec<AckHandle>) = written?;
+                    stored += written.stored.len() as u64;
+                    dead_lettered += written.dead_letters as u64;
+                    self.metrics.committed(&written);
+                    if written.dead_letters > 0 {
+                        warn!(cx.logger, "rows stored as dead letters"; "count" => written.dead_letters);
                     }
                     // Committed: now, and only now, the events are done.
                     for ack in acks {
@@ -947,11 +1075,7 @@ mod tests {
 
     #[test]
     fn settings_are_checked() {
-        let cx = BuildContext {
-            stage_id: "db".into(),
-            base_dir: ".".into(),
-            logger: slog::Logger::root(slog::Discard, slog::o!()),
-        };
+        let cx = BuildContext::new("db", ".", slog::Logger::root(slog::Discard, slog::o!()));
         let config: PostgresSinkConfig = serde_norway::from_str(
             "url: 'postgres://w:hunter22@db.example/x?sslmode=bogus'\nbatch_size: 0\nretention: 2h\n",
         )

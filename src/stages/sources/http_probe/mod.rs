@@ -36,6 +36,10 @@ use crate::secrets::redact_url;
 use crate::stage::{BoxError, Source, SourceContext};
 use crate::stages::transforms::regex_match::compile_pattern;
 
+mod metrics;
+
+use metrics::{ProbeMetrics, TargetGauges};
+
 /// Redirects followed at most when `follow_redirects` is on.
 pub const MAX_REDIRECTS: u32 = 10;
 
@@ -272,6 +276,11 @@ pub struct HttpProbeConfig {
     /// This checker's name in every result. Default: the host name.
     #[serde(default)]
     pub checker: Option<String>,
+    /// Keep gauges of each target's last check (`pipe_probe_target_*`: up, response time,
+    /// status code, certificate end), as blackbox_exporter gives them. Default `false`: one
+    /// series per target and gauge is a lot with thousands of targets.
+    #[serde(default)]
+    pub per_target_metrics: bool,
 }
 
 /// Which status codes count as up.
@@ -338,6 +347,8 @@ struct Target {
     ip_version: IpVersion,
     proxy: Option<Arc<str>>,
     deny_private_addresses: bool,
+    /// Its `pipe_probe_target_*` gauges, with `per_target_metrics`.
+    gauges: Option<TargetGauges>,
 }
 
 impl StageConfig for HttpProbeConfig {
@@ -465,12 +476,18 @@ impl StageConfig for HttpProbeConfig {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let metrics = ProbeMetrics::new(cx, self.per_target_metrics);
+        for target in &mut targets {
+            // A name defaults to the URL, which may carry a password.
+            target.gauges = metrics.target(&redact_url(&target.name));
+        }
         slog::debug!(cx.logger, "targets loaded"; "targets" => targets.len());
         Ok(Box::new(HttpProbe {
             targets,
             agents,
             region: self.region.clone(),
             checker: self.checker.clone().unwrap_or_else(host_name),
+            metrics: Arc::new(metrics),
             reuse_connections: self.reuse_connections,
             concurrency: self.concurrency,
             max_body_bytes: self.max_body_bytes,
@@ -654,6 +671,7 @@ fn resolve_target(
         ip_version: config.ip_version.unwrap_or(stage.ip_version).0,
         proxy: proxy.map(|p| Arc::from(p.as_str())),
         deny_private_addresses,
+        gauges: None,
     })
 }
 
@@ -727,6 +745,7 @@ struct HttpProbe {
     targets: Vec<Target>,
     region: Option<String>,
     checker: String,
+    metrics: Arc<ProbeMetrics>,
     /// Target `i` is always checked by agent `i % agents.len()`.
     agents: Vec<Agent>,
     reuse_connections: bool,
@@ -743,6 +762,7 @@ impl Source for HttpProbe {
             agents,
             region,
             checker,
+            metrics,
             reuse_connections,
             concurrency,
             max_body_bytes,
@@ -765,15 +785,19 @@ impl Source for HttpProbe {
 
         let stats = schedule::run(
             &entries,
-            &names,
             clock,
             concurrency,
             cx.shutdown.clone(),
-            &cx.logger,
+            schedule::MissedSlots {
+                names: &names,
+                logger: &cx.logger,
+                counter: Some(&metrics.missed_slots),
+            },
             |slot| {
                 let targets = Arc::clone(&targets);
                 let agents = Arc::clone(&agents);
                 let identity = Arc::clone(&identity);
+                let metrics = Arc::clone(&metrics);
                 let mut out = out.clone();
                 let logger = logger.clone();
                 async move {
@@ -801,7 +825,9 @@ impl Source for HttpProbe {
                         ca_file: target.ca_file.clone(),
                         deny_private_addresses: target.deny_private_addresses,
                     };
-                    let (result, body) = probe(agent, request, target).await;
+                    metrics.in_flight.inc();
+                    let (result, reason, body) = probe(agent, request, target).await;
+                    metrics.in_flight.dec();
                     let (region, checker) = &*identity;
                     let result = CheckResult {
                         schema_version: SCHEMA_VERSION,
@@ -815,6 +841,7 @@ impl Source for HttpProbe {
                         checker: Some(checker.clone()),
                         ..result
                     };
+                    metrics.record(&result, reason, target.gauges.as_ref());
                     let mut event = Event::from_check(result);
                     if let Some(body) = body {
                         event = event.with_raw(body);
@@ -835,12 +862,13 @@ impl Source for HttpProbe {
 /// Extra time past a target's timeout before our own timer gives up on libcurl's.
 const TIMEOUT_SLACK: Duration = Duration::from_secs(1);
 
-/// Runs one check. Fills in everything but the identity and time fields, which the caller sets.
+/// Runs one check. Fills in everything but the identity and time fields, which the caller sets;
+/// also says why the check is up or down, for `pipe_probe_checks_total`.
 async fn probe(
     agent: &Agent,
     request: libcurl::Request,
     target: &Target,
-) -> (CheckResult, Option<Bytes>) {
+) -> (CheckResult, &'static str, Option<Bytes>) {
     let max_body_bytes = request.max_body_bytes;
     let started = Instant::now();
     let mut result = CheckResult {
@@ -939,12 +967,29 @@ async fn probe(
         (Some(tls), Some(within)) => tls.cert_not_after < std::time::SystemTime::now() + within,
         _ => false,
     };
-    result.up = result.error.is_none()
-        && result
-            .status_code
-            .is_some_and(|code| target.expected.contains(code))
-        && !certificate_ends_too_soon;
-    (result, kept)
+    let expected = result
+        .status_code
+        .is_some_and(|code| target.expected.contains(code));
+    result.up = result.error.is_none() && expected && !certificate_ends_too_soon;
+    let reason = match (&result.error, result.status_code) {
+        (Some(error), _) => error.kind.as_str(),
+        (None, Some(code)) if !expected => status_class(code),
+        _ if certificate_ends_too_soon => "certificate",
+        _ => "ok",
+    };
+    (result, reason, kept)
+}
+
+/// `status_4xx` and the like: a bounded label for a status code.
+fn status_class(code: u16) -> &'static str {
+    match code / 100 {
+        1 => "status_1xx",
+        2 => "status_2xx",
+        3 => "status_3xx",
+        4 => "status_4xx",
+        5 => "status_5xx",
+        _ => "status_other",
+    }
 }
 
 /// Marks a certificate that ends within the target's `cert_expiry_warning` (or has ended).
@@ -1034,11 +1079,7 @@ mod tests {
     use slog::o;
 
     fn build(yaml: &str) -> Result<Box<dyn Source>, Vec<ConfigError>> {
-        let cx = BuildContext {
-            stage_id: "probe".into(),
-            base_dir: ".".into(),
-            logger: slog::Logger::root(slog::Discard, o!()),
-        };
+        let cx = BuildContext::new("probe", ".", slog::Logger::root(slog::Discard, o!()));
         serde_norway::from_str::<HttpProbeConfig>(yaml)
             .unwrap()
             .build(&cx)
@@ -1113,11 +1154,11 @@ mod tests {
             "- url: https://example.com\n- url: https://example.org\n  interval: 10s\n",
         )
         .unwrap();
-        let cx = BuildContext {
-            stage_id: "probe".into(),
-            base_dir: dir.path().to_path_buf(),
-            logger: slog::Logger::root(slog::Discard, o!()),
-        };
+        let cx = BuildContext::new(
+            "probe",
+            dir.path().to_path_buf(),
+            slog::Logger::root(slog::Discard, o!()),
+        );
         let config: HttpProbeConfig = serde_norway::from_str("targets_file: targets.yaml").unwrap();
         assert!(config.build(&cx).is_ok());
 

@@ -1,0 +1,249 @@
+//! Liveness and readiness: what `/health` and `/ready` answer.
+//!
+//! Liveness is the process running its pipeline: true from the start until shutdown begins.
+//! It never depends on progress (lag, a slow database), since a restart cannot fix those and
+//! only adds a rebalance.
+//!
+//! Readiness is each stage's: a stage reports problems by name (`no_partition`,
+//! `writes_failing`…), each with how long it may last before it counts (a writer between two
+//! rebalances holds no partition for a moment, which is no reason to page anyone), and clears
+//! them when they are over. A stage that failed is not ready for good. The pipeline is ready
+//! when every stage is.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+/// The health of one pipeline run.
+#[derive(Clone, Default)]
+pub struct Health {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    stages: Mutex<BTreeMap<String, StageState>>,
+    running: AtomicBool,
+    shutting_down: AtomicBool,
+}
+
+#[derive(Default)]
+struct StageState {
+    problems: BTreeMap<&'static str, Problem>,
+    failed: Option<(String, SystemTime)>,
+}
+
+struct Problem {
+    reason: String,
+    since: SystemTime,
+    began: Instant,
+    grace: Duration,
+}
+
+/// One stage's handle on its readiness; cheap to clone.
+#[derive(Clone)]
+pub struct StageHealth {
+    health: Health,
+    stage: Arc<str>,
+}
+
+/// A stage as `/ready` shows it.
+#[derive(Debug, Serialize)]
+pub struct StageReport {
+    /// The stage's id.
+    pub stage: String,
+    /// Whether it is ready.
+    pub ready: bool,
+    /// Why not (or what is wrong but not yet for long enough to count), if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Since when, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
+/// The body of `/ready`.
+#[derive(Debug, Serialize)]
+pub struct Readiness {
+    /// Whether every stage is ready (and the pipeline runs).
+    pub ready: bool,
+    /// Each stage, in id order.
+    pub stages: Vec<StageReport>,
+}
+
+impl Health {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, StageState>> {
+        self.inner
+            .stages
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The handle of stage `id`, which counts as ready until it says otherwise.
+    pub fn stage(&self, id: &str) -> StageHealth {
+        self.lock().entry(id.to_owned()).or_default();
+        StageHealth {
+            health: self.clone(),
+            stage: Arc::from(id),
+        }
+    }
+
+    /// The pipeline has started.
+    pub fn started(&self) {
+        self.inner.running.store(true, Ordering::SeqCst);
+    }
+
+    /// Shutdown has begun (or the pipeline has ended): no longer live, no longer ready.
+    pub fn shutting_down(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// `/health`: the pipeline runs and is not shutting down.
+    pub fn is_live(&self) -> bool {
+        self.inner.running.load(Ordering::SeqCst)
+            && !self.inner.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// `/ready`: every stage's state now.
+    pub fn readiness(&self) -> Readiness {
+        let now = Instant::now();
+        let stages: Vec<StageReport> = self
+            .lock()
+            .iter()
+            .map(|(id, state)| state.report(id, now))
+            .collect();
+        Readiness {
+            ready: self.is_live() && stages.iter().all(|s| s.ready),
+            stages,
+        }
+    }
+}
+
+impl StageState {
+    fn report(&self, id: &str, now: Instant) -> StageReport {
+        if let Some((reason, since)) = &self.failed {
+            return StageReport {
+                stage: id.to_owned(),
+                ready: false,
+                reason: Some(format!("failed: {reason}")),
+                since: Some(rfc3339(*since)),
+            };
+        }
+        // The problem that has lasted past its grace, else the oldest one still within it.
+        let counted = self
+            .problems
+            .values()
+            .filter(|p| now.duration_since(p.began) >= p.grace)
+            .min_by_key(|p| p.began);
+        let pending = self.problems.values().min_by_key(|p| p.began);
+        let shown = counted.or(pending);
+        StageReport {
+            stage: id.to_owned(),
+            ready: counted.is_none(),
+            reason: shown.map(|p| p.reason.clone()),
+            since: shown.map(|p| rfc3339(p.since)),
+        }
+    }
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+impl StageHealth {
+    fn update(&self, change: impl FnOnce(&mut StageState)) {
+        let mut stages = self.health.lock();
+        change(stages.entry(self.stage.to_string()).or_default());
+    }
+
+    /// Reports problem `key` (a fixed name), which makes the stage not ready once it has
+    /// lasted `grace`. Reported again, it keeps its start and takes the new reason.
+    pub fn problem(&self, key: &'static str, reason: impl Into<String>, grace: Duration) {
+        let reason = reason.into();
+        self.update(|state| {
+            state
+                .problems
+                .entry(key)
+                .and_modify(|p| p.reason.clone_from(&reason))
+                .or_insert_with(|| Problem {
+                    reason: reason.clone(),
+                    since: SystemTime::now(),
+                    began: Instant::now(),
+                    grace,
+                });
+        });
+    }
+
+    /// Problem `key` is over.
+    pub fn resolved(&self, key: &'static str) {
+        self.update(|state| {
+            state.problems.remove(key);
+        });
+    }
+
+    /// The stage has failed: not ready for good.
+    pub fn failed(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.update(|state| state.failed = Some((reason, SystemTime::now())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_counts_only_after_its_grace_and_until_resolved() {
+        let health = Health::default();
+        health.started();
+        let sink = health.stage("db");
+        health.stage("probe");
+        assert!(health.readiness().ready);
+
+        sink.problem(
+            "writes_failing",
+            "connection refused",
+            Duration::from_secs(3600),
+        );
+        let report = health.readiness();
+        assert!(report.ready, "within its grace");
+        assert_eq!(
+            report.stages[0].reason.as_deref(),
+            Some("connection refused")
+        );
+
+        sink.problem("queue_full", "the producer queue is full", Duration::ZERO);
+        let report = health.readiness();
+        assert!(!report.ready);
+        assert_eq!(report.stages[0].stage, "db");
+        assert_eq!(
+            report.stages[0].reason.as_deref(),
+            Some("the producer queue is full")
+        );
+        sink.resolved("queue_full");
+        sink.resolved("writes_failing");
+        assert!(health.readiness().ready);
+
+        sink.failed("permission denied for table checks");
+        let report = health.readiness();
+        assert!(!report.ready);
+        assert!(report.stages[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("failed: "));
+    }
+
+    #[test]
+    fn liveness_ends_with_shutdown() {
+        let health = Health::default();
+        assert!(!health.is_live(), "not before the pipeline runs");
+        health.started();
+        assert!(health.is_live());
+        health.shutting_down();
+        assert!(!health.is_live() && !health.readiness().ready);
+    }
+}
