@@ -121,6 +121,7 @@ fn the_github_workflow_runs_ci_and_the_dependency_policy() {
         "postgresql",
         "graphviz",
         "socat",
+        "prometheus",
         "~/.cache/pipe-tools",
         "target",
     ] {

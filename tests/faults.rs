@@ -65,9 +65,14 @@ struct Pipe {
 
 impl Pipe {
     fn start(file: &Path, name: &str) -> Self {
+        Self::start_with(file, name, &[])
+    }
+
+    fn start_with(file: &Path, name: &str, args: &[&str]) -> Self {
         let log = file.with_file_name(format!("{name}-{}.log", unique_name("run")));
         let child = Command::new(env!("CARGO_BIN_EXE_pipe"))
             .args(["run", file.to_str().unwrap(), "--log-level", "debug"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -129,6 +134,50 @@ impl Random {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
     }
+}
+
+/// A free port on 127.0.0.1 for `--http-addr`.
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// `/ready`'s status and body now (0 while nothing answers).
+async fn ready(addr: &str) -> (u16, String) {
+    let addr = addr.to_owned();
+    tokio::task::spawn_blocking(move || {
+        if std::net::TcpStream::connect(&addr).is_err() {
+            return (0, String::new());
+        }
+        let (status, _, body) = support::metrics::get(&addr, "/ready", None);
+        (status, body)
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until `/ready` answers `status`; returns how long that took and the body.
+async fn wait_ready(addr: &str, status: u16, within: Duration) -> (Duration, String) {
+    let started = Instant::now();
+    loop {
+        let (now, body) = ready(addr).await;
+        if now == status {
+            return (started.elapsed(), body);
+        }
+        assert!(
+            started.elapsed() < within,
+            "/ready on {addr} did not answer {status} within {within:?}: {now} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `/health`'s status now.
+async fn health(addr: &str) -> u16 {
+    let addr = addr.to_owned();
+    tokio::task::spawn_blocking(move || support::metrics::get(&addr, "/health", None).0)
+        .await
+        .unwrap()
 }
 
 fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -417,7 +466,7 @@ sources:
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn postgres_stopped_for_30_s_under_a_running_writer_loses_and_repeats_nothing() {
+async fn postgres_stopped_for_40_s_under_a_running_writer_loses_and_repeats_nothing() {
     let _serial = SERIAL.lock().await;
     const N: usize = 20_000;
     let started = Instant::now();
@@ -428,10 +477,22 @@ async fn postgres_stopped_for_30_s_under_a_running_writer_loses_and_repeats_noth
         _dir,
         ..
     } = backlog("pgdown", N, 40, "").await;
-    let mut writer = Pipe::start(&file, "writer");
+    let addr = free_addr();
+    let mut writer = Pipe::start_with(&file, "writer", &["--http-addr", &addr]);
     let at_stop = wait_for_more(&db.url, 1_000, TWO_MINUTES).await;
+    wait_ready(&addr, 200, Duration::from_secs(40)).await;
+    let stopping = Instant::now();
     let postgres = Stopped::service("postgres");
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Not ready once writes have failed for 30 s; alive all along.
+    let (_, body) = wait_ready(&addr, 503, Duration::from_secs(45)).await;
+    let unready_after = stopping.elapsed();
+    assert!(body.contains("database writes failing"), "{body}");
+    assert_eq!(
+        health(&addr).await,
+        200,
+        "liveness does not depend on the database"
+    );
+    tokio::time::sleep(Duration::from_secs(40).saturating_sub(unready_after)).await;
     assert!(
         writer.is_running(),
         "the writer waits for the database instead of failing; log:\n{}",
@@ -439,8 +500,18 @@ async fn postgres_stopped_for_30_s_under_a_running_writer_loses_and_repeats_noth
     );
     postgres.start();
     let recovered = Instant::now();
+    let (ready_after, _) = wait_ready(&addr, 200, Duration::from_secs(60)).await;
     let stored = wait_for(&db.url, COUNT, N as i64, TWO_MINUTES).await;
     let caught_up = recovered.elapsed();
+    println!(
+        "/ready: 503 {:.1} s after PostgreSQL stopped, 200 again {:.1} s after it started",
+        unready_after.as_secs_f64(),
+        ready_after.as_secs_f64()
+    );
+    assert!(
+        unready_after >= Duration::from_secs(30),
+        "not before 30 s of failures: {unready_after:?}"
+    );
     let log = writer.log_tail();
     let code = writer.stop();
     let distinct = scalar(&db.url, "SELECT count(DISTINCT check_id) FROM checks").await;
@@ -540,4 +611,95 @@ async fn a_writer_started_before_postgres_waits_then_stores_everything() {
     assert_eq!(stored, N as i64, "log:\n{log}");
     assert_eq!(stored_ids(&db.url).await, ids(&checks));
     assert_eq!(code, Some(0), "log:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checkers_are_not_ready_while_their_broker_is_down_or_their_queue_full() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let server = http::start().await;
+    let brokers = support::kafka_brokers();
+    let topic = support::create_topic("unready", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let targets: String = (0..10)
+        .map(|i| {
+            format!(
+                "      - {{ name: site-{i}, url: '{}' }}\n",
+                server.url("/ok")
+            )
+        })
+        .collect();
+    let checker = |name: &str, options: &str| {
+        write_file(
+            dir.path(),
+            &format!("{name}.yaml"),
+            &format!(
+                "\
+sources:
+  probe:
+    type: http_probe
+    interval: 500ms
+    targets:
+{targets}sinks:
+  kafka:
+    type: kafka
+    inputs: [probe]
+    brokers: {brokers}
+    topic: {topic}
+{options}"
+            ),
+        )
+    };
+    let roomy = checker("roomy", "");
+    // A queue of 5 messages fills within a second of the broker going away.
+    let cramped = checker(
+        "cramped",
+        "    options:\n      queue.buffering.max.messages: 5\n",
+    );
+    let (roomy_addr, cramped_addr) = (free_addr(), free_addr());
+    let roomy = Pipe::start_with(&roomy, "roomy", &["--http-addr", &roomy_addr]);
+    let cramped = Pipe::start_with(&cramped, "cramped", &["--http-addr", &cramped_addr]);
+    wait_ready(&roomy_addr, 200, Duration::from_secs(30)).await;
+    wait_ready(&cramped_addr, 200, Duration::from_secs(30)).await;
+
+    let stopping = Instant::now();
+    let broker = Stopped::service("kafka");
+    let (_, full_body) = wait_ready(&cramped_addr, 503, Duration::from_secs(20)).await;
+    let full_after = stopping.elapsed();
+    assert!(full_body.contains("queue is full"), "{full_body}");
+    let (_, body) = wait_ready(&roomy_addr, 503, Duration::from_secs(50)).await;
+    let unreachable_after = stopping.elapsed();
+    assert!(body.contains("Kafka broker"), "{body}");
+    assert_eq!(
+        health(&roomy_addr).await,
+        200,
+        "liveness does not depend on the broker"
+    );
+    broker.start();
+    let (back_after, _) = wait_ready(&roomy_addr, 200, Duration::from_secs(60)).await;
+    let (cramped_back_after, _) = wait_ready(&cramped_addr, 200, Duration::from_secs(60)).await;
+    println!(
+        "/ready: 503 for a full queue {:.1} s and for an unreachable broker {:.1} s after the broker stopped; \
+         200 again {:.1} s and {:.1} s after it started; {:.1} s",
+        full_after.as_secs_f64(),
+        unreachable_after.as_secs_f64(),
+        back_after.as_secs_f64(),
+        cramped_back_after.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        unreachable_after >= Duration::from_secs(30),
+        "an unreachable broker counts after 30 s: {unreachable_after:?}"
+    );
+    let (roomy_log, cramped_log) = (roomy.log_tail(), cramped.log_tail());
+    assert_eq!(
+        roomy.stop(),
+        Some(0),
+        "everything delivered; log:\n{roomy_log}"
+    );
+    assert_eq!(
+        cramped.stop(),
+        Some(0),
+        "everything delivered; log:\n{cramped_log}"
+    );
 }

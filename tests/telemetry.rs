@@ -347,3 +347,111 @@ extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, signal: i32) -> i32;
 }
+
+/// The metric names in docs/metrics.md's tables.
+fn documented() -> std::collections::BTreeSet<String> {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    doc.lines()
+        .filter_map(|line| line.strip_prefix("| `pipe_"))
+        .map(|rest| format!("pipe_{}", rest.split('`').next().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_metric_is_documented_and_the_dashboard_uses_only_those() {
+    let brokers = support::kafka_brokers();
+    let topic = support::create_topic("names", 1).await;
+    let db = tokio::task::spawn_blocking(|| support::create_database("names"))
+        .await
+        .unwrap();
+    let server = http::start().await;
+    // Every stage type that has metrics of its own, in one pipeline.
+    let yaml = format!(
+        "\
+sources:
+  probe:
+    type: http_probe
+    interval: 200ms
+    per_target_metrics: true
+    targets:
+      - {{ name: ok, url: '{}' }}
+  checks:
+    type: kafka
+    brokers: {brokers}
+    topics: [{topic}]
+    group: {}
+sinks:
+  out:
+    type: kafka
+    inputs: [probe]
+    brokers: {brokers}
+    topic: {topic}
+  db:
+    type: postgres
+    inputs: [checks]
+    url: '{}'
+    migrate: true
+",
+        server.url("/ok"),
+        unique_name("group"),
+        db.url
+    );
+    let running = pipeline::start(&yaml, RunOptions::default());
+    let telemetry = running.telemetry.clone();
+    wait_for(
+        &db.url,
+        "SELECT count(*) FROM checks",
+        3,
+        Duration::from_secs(60),
+    )
+    .await;
+    running.stop().await.expect("a clean stop");
+    let text = telemetry.encode(Format::Prometheus);
+    let exposed: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .map(|rest| rest.split(' ').next().unwrap().to_owned())
+        .collect();
+    let documented = documented();
+    let undocumented: Vec<_> = exposed.difference(&documented).collect();
+    let missing: Vec<_> = documented.difference(&exposed).collect();
+    assert!(
+        undocumented.is_empty(),
+        "not in docs/metrics.md: {undocumented:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "documented but not exposed: {missing:?}"
+    );
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/grafana/pipe.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut used = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("pipe_") {
+                    let family = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .fold(word, |w, suffix| w.strip_suffix(suffix).unwrap_or(w));
+                    used.push(family.to_owned());
+                }
+            }
+        }
+    }
+    assert!(used.len() >= 10, "{used:?}");
+    for name in &used {
+        assert!(
+            documented.contains(name),
+            "the dashboard uses {name}, which is not a metric"
+        );
+    }
+}

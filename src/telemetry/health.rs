@@ -162,7 +162,20 @@ impl StageHealth {
     /// Reports problem `key` (a fixed name), which makes the stage not ready once it has
     /// lasted `grace`. Reported again, it keeps its start and takes the new reason.
     pub fn problem(&self, key: &'static str, reason: impl Into<String>, grace: Duration) {
+        self.problem_since(key, reason, grace, Instant::now());
+    }
+
+    /// As [`StageHealth::problem`], for a problem that began at `began` (the start of an
+    /// attempt that took a while to fail, say).
+    pub fn problem_since(
+        &self,
+        key: &'static str,
+        reason: impl Into<String>,
+        grace: Duration,
+        began: Instant,
+    ) {
         let reason = reason.into();
+        let since = SystemTime::now() - began.elapsed();
         self.update(|state| {
             state
                 .problems
@@ -170,8 +183,8 @@ impl StageHealth {
                 .and_modify(|p| p.reason.clone_from(&reason))
                 .or_insert_with(|| Problem {
                     reason: reason.clone(),
-                    since: SystemTime::now(),
-                    began: Instant::now(),
+                    since,
+                    began,
                     grace,
                 });
         });
@@ -245,5 +258,48 @@ mod tests {
         assert!(health.is_live());
         health.shutting_down();
         assert!(!health.is_live() && !health.readiness().ready);
+    }
+}
+
+/// `pipe_ready` and `pipe_stage_ready{stage}`: readiness as metrics, read at each scrape, so
+/// dashboards and alerts see what `/ready` says.
+#[derive(Debug)]
+pub(super) struct ReadinessCollector(pub(super) Health);
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Health")
+    }
+}
+
+impl prometheus_client::collector::Collector for ReadinessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+
+        let readiness = self.0.readiness();
+        let ready = ConstGauge::new(i64::from(readiness.ready));
+        let metric = encoder.encode_descriptor(
+            "pipe_ready",
+            "Whether the pipeline is ready (1) or not (0), as /ready says",
+            None,
+            MetricType::Gauge,
+        )?;
+        ready.encode(metric)?;
+        let mut family = encoder.encode_descriptor(
+            "pipe_stage_ready",
+            "Whether a stage is ready (1) or not (0)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for stage in &readiness.stages {
+            let labels = vec![("stage", stage.stage.clone())];
+            ConstGauge::new(i64::from(stage.ready)).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }

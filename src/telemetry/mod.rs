@@ -126,6 +126,9 @@ impl Telemetry {
             health: Health::default(),
         };
         telemetry.register_collector(Box::new(process::ProcessCollector::new()));
+        telemetry.register_collector(Box::new(health::ReadinessCollector(
+            telemetry.health.clone(),
+        )));
         telemetry
             .gauges("pipe_build_info", "The running version of pipe: always 1.")
             .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_owned())])

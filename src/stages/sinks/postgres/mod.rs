@@ -844,10 +844,13 @@ impl PostgresSink {
                 Err(WriteError::Transient(message)) => {
                     self.metrics.retries.inc();
                     self.metrics.errors_transient.inc();
-                    self.health.problem(
+                    // Failing since the attempt began: reaching a database that is gone can
+                    // take the whole connect timeout.
+                    self.health.problem_since(
                         "writes_failing",
                         format!("database writes failing: {message}"),
                         WRITES_FAILING_GRACE,
+                        started,
                     );
                     let report = self
                         .retry_warning
