@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! cargo bench --bench checker -- throughput --url http://127.0.0.1:18090/ [--targets 10000]
-//!     [--interval 1s] [--concurrency 64] [--seconds 10]
+//!     [--interval 1s] [--concurrency 64] [--seconds 10] [--metrics on|off]
 //! cargo bench --bench checker -- schedule --url http://127.0.0.1:18090/ [--targets 10000]
 //!     [--interval 20s] [--seconds 60]
 //! cargo bench --bench checker -- libcurl --url http://127.0.0.1:18090/ [--concurrency 64]
@@ -178,6 +178,9 @@ fn libcurl_floor(url: &str, concurrency: usize, seconds: u64) {
     );
 }
 
+/// The size of the last exposition encoded, with `--metrics on`.
+static SCRAPED_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -215,6 +218,9 @@ fn main() {
     let interval = get("interval", default_interval);
     let seconds: u64 = get("seconds", default_seconds).parse().unwrap();
     let concurrency = get("concurrency", default_concurrency);
+    // `--metrics on`: per_target_metrics, and the exposition encoded every 5 s as a scrape
+    // would; `off`: neither (the always-on counters count in both).
+    let metrics_on = get("metrics", "off") == "on";
 
     let dir = tempfile::tempdir().unwrap();
     let list: String = (0..targets)
@@ -222,7 +228,7 @@ fn main() {
         .collect();
     std::fs::write(dir.path().join("targets.yaml"), list).unwrap();
     let yaml = format!(
-        "sources:\n  probe:\n    type: http_probe\n    interval: {interval}\n    timeout: 5s\n    concurrency: {concurrency}\n    targets_file: targets.yaml\nsinks:\n  count:\n    type: count\n    inputs: [probe]\n"
+        "sources:\n  probe:\n    type: http_probe\n    interval: {interval}\n    timeout: 5s\n    concurrency: {concurrency}\n    per_target_metrics: {metrics_on}\n    targets_file: targets.yaml\nsinks:\n  count:\n    type: count\n    inputs: [probe]\n"
     );
     std::fs::write(dir.path().join("bench.yaml"), &yaml).unwrap();
 
@@ -236,6 +242,22 @@ fn main() {
             .unwrap_or_else(|d| panic!("{d}"));
         let stop = Arc::new(tokio::sync::Notify::new());
         let signal = Arc::clone(&stop);
+        let telemetry = pipeline.telemetry.clone();
+        let scraper = metrics_on.then(|| {
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    let telemetry = telemetry.clone();
+                    let text = tokio::task::spawn_blocking(move || {
+                        telemetry.encode(pipe::telemetry::Format::Prometheus)
+                    })
+                    .await
+                    .unwrap();
+                    SCRAPED_BYTES.store(text.len(), std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        });
         let run = tokio::spawn(topology::run(
             pipeline,
             RunOptions::default(),
@@ -249,6 +271,9 @@ fn main() {
         let end = Instant::now();
         let cpu = cpu_time() - cpu_start;
         stop.notify_one();
+        if let Some(scraper) = scraper {
+            scraper.abort();
+        }
         run.await.unwrap().unwrap();
         (warmup_end, end, cpu)
     });
@@ -259,7 +284,13 @@ fn main() {
         .collect();
     let elapsed = measured.duration_since(warmup).as_secs_f64();
     let ok = window.iter().filter(|s| s.1 == Some(200)).count();
-    println!("mode={mode} targets={targets} interval={interval} concurrency={concurrency} seconds={seconds}");
+    println!("mode={mode} targets={targets} interval={interval} concurrency={concurrency} seconds={seconds} metrics={}", if metrics_on { "on" } else { "off" });
+    if metrics_on {
+        println!(
+            "scrape_bytes={}",
+            SCRAPED_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     println!("checks_per_second={:.0}", window.len() as f64 / elapsed);
     println!("ok_checks_per_second={:.0}", ok as f64 / elapsed);
     // The process's CPU over the same window: what one check costs, whatever the machine.

@@ -259,7 +259,11 @@ impl ClientContext for SlogContext {
         if let (Some(health), Some(RDKafkaErrorCode::AllBrokersDown)) =
             (&self.health, error.rdkafka_error_code())
         {
-            health.problem("broker_unreachable", text.clone(), UNREACHABLE_GRACE);
+            health.problem(
+                "broker_unreachable",
+                format!("no connection to any Kafka broker ({text})"),
+                UNREACHABLE_GRACE,
+            );
         }
         let report = self
             .repeats

@@ -334,7 +334,9 @@ async fn a_failing_transform_stops_the_pipeline_with_its_error() {
         ),
         stage("out", &["t"], sink(Collect::default())),
     ];
-    let error = topology::run(pipeline(stages), RunOptions::default(), never(), logger())
+    let pipeline = pipeline(stages);
+    let telemetry = pipeline.telemetry.clone();
+    let error = topology::run(pipeline, RunOptions::default(), never(), logger())
         .await
         .unwrap_err();
     assert!(
@@ -345,6 +347,22 @@ async fn a_failing_transform_stops_the_pipeline_with_its_error() {
         error.to_string(),
         "transform `t` (type test) failed: cannot handle event 3"
     );
+    // A permanent error: the stage is not ready for good, and the failure is counted.
+    let readiness = telemetry.health().readiness();
+    assert!(!readiness.ready && !telemetry.health().is_live());
+    let failed = readiness.stages.iter().find(|s| s.stage == "t").unwrap();
+    assert!(!failed.ready);
+    assert_eq!(
+        failed.reason.as_deref(),
+        Some("failed: cannot handle event 3")
+    );
+    let text = telemetry.encode(pipe::telemetry::Format::Prometheus);
+    assert!(
+        text.contains("pipe_stage_errors_total{stage=\"t\",type=\"test\",kind=\"failed\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("pipe_stage_ready{stage=\"t\"} 0"), "{text}");
+    assert!(text.contains("pipe_stage_ready{stage=\"out\"} 1"), "{text}");
 }
 
 #[tokio::test]
