@@ -11,7 +11,7 @@
 //! when every stage is.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -34,6 +34,9 @@ struct Inner {
 struct StageState {
     problems: BTreeMap<&'static str, Problem>,
     failed: Option<(String, SystemTime)>,
+    /// How many problems there are, readable without the lock: clearing a problem that is not
+    /// there (on every delivery, say) then costs one atomic load.
+    active: Arc<AtomicUsize>,
 }
 
 struct Problem {
@@ -48,6 +51,7 @@ struct Problem {
 pub struct StageHealth {
     health: Health,
     stage: Arc<str>,
+    active: Arc<AtomicUsize>,
 }
 
 /// A stage as `/ready` shows it.
@@ -84,10 +88,11 @@ impl Health {
 
     /// The handle of stage `id`, which counts as ready until it says otherwise.
     pub fn stage(&self, id: &str) -> StageHealth {
-        self.lock().entry(id.to_owned()).or_default();
+        let active = Arc::clone(&self.lock().entry(id.to_owned()).or_default().active);
         StageHealth {
             health: self.clone(),
             stage: Arc::from(id),
+            active,
         }
     }
 
@@ -176,24 +181,31 @@ impl StageHealth {
     ) {
         let reason = reason.into();
         let since = SystemTime::now() - began.elapsed();
-        self.update(|state| {
-            state
-                .problems
-                .entry(key)
-                .and_modify(|p| p.reason.clone_from(&reason))
-                .or_insert_with(|| Problem {
-                    reason: reason.clone(),
+        self.update(|state| match state.problems.entry(key) {
+            std::collections::btree_map::Entry::Occupied(mut known) => {
+                known.get_mut().reason = reason;
+            }
+            std::collections::btree_map::Entry::Vacant(new) => {
+                new.insert(Problem {
+                    reason,
                     since,
                     began,
                     grace,
                 });
+                state.active.fetch_add(1, Ordering::SeqCst);
+            }
         });
     }
 
     /// Problem `key` is over.
     pub fn resolved(&self, key: &'static str) {
+        if self.active.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         self.update(|state| {
-            state.problems.remove(key);
+            if state.problems.remove(key).is_some() {
+                state.active.fetch_sub(1, Ordering::SeqCst);
+            }
         });
     }
 

@@ -5,18 +5,42 @@
 //! Outcomes are the probe's own verdict; `regex_match` and `latency`, later in the pipeline,
 //! may still lower `up`.
 
+use std::collections::HashMap;
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::check::{CheckResult, Timings};
 use crate::registry::BuildContext;
-use crate::telemetry::{self, CounterFamily, FloatGaugeFamily, GaugeFamily, Labels};
+use crate::telemetry::{self, FloatGaugeFamily, GaugeFamily, Labels};
+
+/// Every reason a check can be up or down for, so that each series exists from the start
+/// (a rate over a series that appears late starts from nothing) and a check is counted
+/// without building labels.
+const REASONS: [(bool, &str); 15] = [
+    (true, "ok"),
+    (false, "timeout"),
+    (false, "dns"),
+    (false, "connect"),
+    (false, "tls"),
+    (false, "too_many_redirects"),
+    (false, "body_too_large"),
+    (false, "other"),
+    (false, "status_1xx"),
+    (false, "status_2xx"),
+    (false, "status_3xx"),
+    (false, "status_4xx"),
+    (false, "status_5xx"),
+    (false, "status_other"),
+    (false, "certificate"),
+];
 
 /// The stage's metrics, shared by all its checks.
 pub(super) struct ProbeMetrics {
     labels: Labels,
-    checks: CounterFamily,
+    /// `pipe_probe_checks_total` by (up, reason).
+    checks: HashMap<(bool, &'static str), Counter>,
     response: Histogram,
     /// dns, connect, tls, first_byte, transfer.
     phases: [Histogram; 5],
@@ -72,13 +96,26 @@ impl ProbeMetrics {
                 ),
             )
         });
+        let family = telemetry.counters(
+            "pipe_probe_checks",
+            "Checks made, by outcome (up, down) and reason (ok, an error kind, status_Nxx, certificate).",
+        );
+        let checks = REASONS
+            .iter()
+            .map(|&(up, reason)| {
+                let mut labels =
+                    telemetry::with(&labels, "outcome", if up { "up" } else { "down" });
+                labels.push(("reason", reason.to_owned()));
+                ((up, reason), family.get_or_create(&labels).clone())
+            })
+            .collect();
         Self {
-            checks: telemetry.counters(
-                "pipe_probe_checks",
-                "Checks made, by outcome (up, down) and reason (ok, an error kind, status_Nxx, certificate).",
-            ),
+            checks,
             response: telemetry
-                .seconds_histograms("pipe_probe_response", "Total time of a check, failed ones too.")
+                .seconds_histograms(
+                    "pipe_probe_response",
+                    "Total time of a check, failed ones too.",
+                )
                 .get_or_create(&labels)
                 .clone(),
             phases,
@@ -117,17 +154,19 @@ impl ProbeMetrics {
         })
     }
 
-    /// Counts a finished check.
+    /// Counts a finished check; `reason` is one of [`REASONS`].
     pub(super) fn record(
         &self,
         result: &CheckResult,
         reason: &'static str,
         target: Option<&TargetGauges>,
     ) {
-        let outcome = if result.up { "up" } else { "down" };
-        let mut labels = telemetry::with(&self.labels, "outcome", outcome);
-        labels.push(("reason", reason.to_owned()));
-        self.checks.get_or_create(&labels).inc();
+        match self.checks.get(&(result.up, reason)) {
+            Some(counter) => {
+                counter.inc();
+            }
+            None => debug_assert!(false, "an unlisted reason: {reason} (up: {})", result.up),
+        }
         let seconds = result.response_time_ms / 1000.0;
         self.response.observe(seconds);
         let Timings {
@@ -162,6 +201,31 @@ impl ProbeMetrics {
                     .map_or(0.0, |d| d.as_secs_f64());
                 gauges.cert_expiry.set(end);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::ErrorKind;
+
+    #[test]
+    fn every_reason_the_probe_gives_is_listed() {
+        let kinds = [
+            ErrorKind::Timeout,
+            ErrorKind::Dns,
+            ErrorKind::Connect,
+            ErrorKind::Tls,
+            ErrorKind::TooManyRedirects,
+            ErrorKind::BodyTooLarge,
+            ErrorKind::Other,
+        ];
+        for kind in kinds {
+            assert!(REASONS.contains(&(false, kind.as_str())), "{kind:?}");
+        }
+        for code in [100, 200, 302, 404, 503, 600] {
+            assert!(REASONS.contains(&(false, super::super::status_class(code))));
         }
     }
 }
