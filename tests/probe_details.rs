@@ -449,3 +449,52 @@ async fn a_reply_that_is_not_http_is_an_other_failure() {
     let error = results["not-http"].error.as_ref().expect("a failure");
     assert_eq!(error.kind, ErrorKind::Other, "{error:?}");
 }
+
+#[tokio::test]
+async fn per_target_metrics_give_the_end_of_the_certificate_presented() {
+    let ca = ca();
+    let (addr, cert) = site(&ca, &["localhost"], -DAY, 3 * DAY);
+    let channel = support::unique_name("certgauge");
+    let mut rx = pipeline::capture(&channel);
+    let running = pipeline::start(
+        &format!(
+            "\
+sources:
+  probe:
+    type: http_probe
+    interval: 1s
+    per_target_metrics: true
+    tls_ca_file: '{}'
+    targets:
+      - {{ name: secure, url: 'https://localhost:{}/' }}
+sinks:
+  out:
+    type: capture
+    inputs: [probe]
+    channel: {channel}
+",
+            ca.file.display(),
+            addr.port()
+        ),
+        RunOptions::default(),
+    );
+    pipeline::first_by_target(&mut rx, 1, Duration::from_secs(30)).await;
+    let text = running
+        .telemetry
+        .encode(pipe::telemetry::Format::Prometheus);
+    running.stop().await.expect("a clean stop");
+    let end = validity(&cert)
+        .1
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert_eq!(
+        support::metrics::sum(
+            &text,
+            "pipe_probe_target_cert_not_after_seconds",
+            &[("target", "secure")]
+        ),
+        end,
+        "{text}"
+    );
+}

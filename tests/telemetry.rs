@@ -112,6 +112,10 @@ sinks:
         500.0
     );
     assert_eq!(sum(&text, "pipe_probe_target_up", &[("target", "ok")]), 1.0);
+    assert!(
+        !text.contains("pipe_probe_target_cert_not_after_seconds{"),
+        "no certificate end for plain-HTTP targets: an expiry alert would take 0 for long past"
+    );
     assert_eq!(
         sum(&text, "pipe_probe_checks_in_flight", &[("stage", "probe")]),
         0.0

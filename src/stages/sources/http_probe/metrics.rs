@@ -50,13 +50,17 @@ pub(super) struct ProbeMetrics {
     per_target: Option<(GaugeFamily, FloatGaugeFamily, GaugeFamily, FloatGaugeFamily)>,
 }
 
-/// One target's gauges, made once when the stage is built.
+/// One target's gauges, made once when the stage is built; the certificate's only once the
+/// target has presented one, so that a plain-HTTP target (or one never reached) shows no end
+/// of validity at 0, which an expiry alert would take for long past.
 #[derive(Debug)]
 pub(super) struct TargetGauges {
     up: Gauge,
     response: Gauge<f64, std::sync::atomic::AtomicU64>,
     status: Gauge,
-    cert_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
+    cert_family: FloatGaugeFamily,
+    labels: Labels,
+    cert_expiry: std::sync::OnceLock<Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 const PHASES: [&str; 5] = ["dns", "connect", "tls", "first_byte", "transfer"];
@@ -150,7 +154,9 @@ impl ProbeMetrics {
             up: up.get_or_create(&labels).clone(),
             response: response.get_or_create(&labels).clone(),
             status: status.get_or_create(&labels).clone(),
-            cert_expiry: cert.get_or_create(&labels).clone(),
+            cert_family: cert.clone(),
+            labels,
+            cert_expiry: std::sync::OnceLock::new(),
         })
     }
 
@@ -199,7 +205,10 @@ impl ProbeMetrics {
                     .cert_not_after
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0.0, |d| d.as_secs_f64());
-                gauges.cert_expiry.set(end);
+                gauges
+                    .cert_expiry
+                    .get_or_init(|| gauges.cert_family.get_or_create(&gauges.labels).clone())
+                    .set(end);
             }
         }
     }
