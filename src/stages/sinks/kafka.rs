@@ -349,16 +349,15 @@ async fn deliver(
             record = record.key(key);
         }
         let outcome = match producer.send_result(record) {
-            Ok(delivery) => match {
+            Ok(delivery) => {
+                // Queued: whatever filled the queue has drained.
                 health.resolved("queue_full");
-                delivery
+                match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(e),
+                    Err(_) => Err(KafkaError::Canceled),
+                }
             }
-            .await
-            {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(e),
-                Err(_) => Err(KafkaError::Canceled),
-            },
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 health.problem(
                     "queue_full",
