@@ -283,7 +283,8 @@ async fn migrate(logger: &slog::Logger, url: &str) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Err(e)) => {
-            error!(logger, "migration failed"; "database" => &target, "error" => %e);
+            error!(logger, "migration failed"; "database" => &target,
+                   "error" => crate::database::describe(&e));
             ExitCode::FAILURE
         }
         Err(e) => {

@@ -243,6 +243,29 @@ impl<T: Send + 'static> Drop for DropOffRuntime<T> {
     }
 }
 
+/// A database error as one line: the server's SQLSTATE, message and context, or the client's
+/// error with its causes.
+pub fn describe(error: &postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => {
+            let mut message = format!("{}: {}", db.code().code(), db.message());
+            if let Some(context) = db.where_() {
+                message = format!("{message} ({})", context.replace('\n', "; "));
+            }
+            message
+        }
+        None => {
+            let mut message = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                message = format!("{message}: {cause}");
+                source = cause.source();
+            }
+            message
+        }
+    }
+}
+
 /// Is this error worth retrying: the connection or the server, not the data?
 ///
 /// SQLSTATE classes 08 (connection), 53 (resources), 57 (operator intervention: shutdown,

@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_tls_and_checkers.sql",
         sql: include_str!("../migrations/0002_tls_and_checkers.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_compact_checks_rollups_incidents.sql",
+        sql: include_str!("../migrations/0003_compact_checks_rollups_incidents.sql"),
+    },
 ];
 
 /// Any key will do, as long as it is fixed: it serializes migration runs.

@@ -325,7 +325,11 @@ async fn a_writer_killed_five_times_and_a_postgres_restart_store_every_check_onc
     .await;
     let log = last.log_tail();
     let code = last.stop();
-    let distinct = scalar(&db.url, "SELECT count(DISTINCT check_id) FROM checks").await;
+    let distinct = scalar(
+        &db.url,
+        "SELECT count(DISTINCT check_id) FROM check_results",
+    )
+    .await;
     let dead_positions = scalar(
         &db.url,
         "SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM dead_letters",
@@ -435,7 +439,11 @@ sources:
             .or_default()
             .push(ms.parse().unwrap());
     }
-    let distinct = scalar(&db.url, "SELECT count(DISTINCT check_id) FROM checks").await;
+    let distinct = scalar(
+        &db.url,
+        "SELECT count(DISTINCT check_id) FROM check_results",
+    )
+    .await;
     let mut gaps = Vec::new();
     for (target, slots) in &mut per_target {
         slots.sort_unstable();
@@ -519,7 +527,11 @@ async fn postgres_stopped_for_40_s_under_a_running_writer_loses_and_repeats_noth
     assert!((1..=3).contains(&warnings), "{warnings} warnings:\n{log}");
     let log = writer.log_tail();
     let code = writer.stop();
-    let distinct = scalar(&db.url, "SELECT count(DISTINCT check_id) FROM checks").await;
+    let distinct = scalar(
+        &db.url,
+        "SELECT count(DISTINCT check_id) FROM check_results",
+    )
+    .await;
     println!(
         "{at_stop} stored when PostgreSQL stopped; stored {stored}, distinct {distinct}, lost {}, caught up {:.1} s after the restart, {:.1} s",
         N as i64 - distinct,

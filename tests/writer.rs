@@ -195,7 +195,7 @@ async fn replaying_the_topic_under_a_new_group_adds_no_rows() {
     writer::produce(&brokers, &topic, std::slice::from_ref(&marker)).await;
     let replay = pipeline::start(&yaml(&unique_name("second")), RunOptions::default());
     let marker_sql = format!(
-        "SELECT count(*) FROM checks WHERE check_id = '{}'",
+        "SELECT count(*) FROM check_results WHERE check_id = '{}'",
         marker.check_id
     );
     assert_eq!(
@@ -237,7 +237,7 @@ fn migrations_are_idempotent() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
     // And the schema is whole: the view answers.
     client
         .query("SELECT * FROM check_results LIMIT 1", &[])
@@ -263,6 +263,20 @@ fn an_upgrade_from_migration_1_keeps_the_checks_stored_before_it() {
              VALUES ('2026-11-30T12:00:00Z', '8a036c86-1f8f-5289-af3e-1f909db5869c', 1, 1, 12345, true);",
         )
         .unwrap();
+    // A check with the id pipe's checker derives, and a failed one, on another day.
+    let slot = std::time::UNIX_EPOCH + Duration::from_secs(1_764_547_230); // 2025-12-01T00:00:30Z
+    let derived = pipe::check::check_id("old", slot);
+    client
+        .execute("SELECT pipe_ensure_check_partition('2025-12-01')", &[])
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO checks (checked_at, check_id, target_id, start_delay_ms, response_time_us,
+                                 up, error_kind, error_message)
+             VALUES ($1, $2, 1, 0, 10000000, false, 'timeout', 'no complete response within 10s')",
+            &[&slot, &derived],
+        )
+        .unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_pipe"))
         .args(["migrate", "--database-url", &db.url])
         .output()
@@ -275,13 +289,58 @@ fn an_upgrade_from_migration_1_keeps_the_checks_stored_before_it() {
     let row = client
         .query_one(
             "SELECT target, response_time_ms, tls_version IS NULL, region IS NULL, checker IS NULL
-             FROM check_results",
+             FROM check_results WHERE check_id = '8a036c86-1f8f-5289-af3e-1f909db5869c'",
             &[],
         )
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "old");
     assert_eq!(row.get::<_, f64>(1), 12.345);
     assert!(row.get::<_, bool>(2) && row.get::<_, bool>(3) && row.get::<_, bool>(4));
+    let row = client
+        .query_one(
+            "SELECT check_id, error_kind, error_message, checked_at FROM check_results
+             WHERE checked_at < '2026-01-01'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        row.get::<_, uuid::Uuid>(0),
+        derived,
+        "derived again by the view"
+    );
+    assert_eq!(row.get::<_, String>(1), "timeout");
+    assert_eq!(row.get::<_, String>(2), "no complete response within 10s");
+    assert_eq!(row.get::<_, std::time::SystemTime>(3), slot);
+    // Only the id pipe would not derive is kept in the compact table.
+    let kept: Vec<Option<uuid::Uuid>> = client
+        .query("SELECT check_id FROM checks ORDER BY checked_at", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            None,
+            Some("8a036c86-1f8f-5289-af3e-1f909db5869c".parse().unwrap())
+        ]
+    );
+    // The schema is the fresh one: the key, the rollups and incidents.
+    let key: String = client
+        .query_one("SELECT pg_get_indexdef('checks_pkey'::regclass)", &[])
+        .unwrap()
+        .get(0);
+    assert!(key.contains("(target_id, region_id, checked_at)"), "{key}");
+    for relation in [
+        "rollups_hourly",
+        "rollups_daily",
+        "incidents",
+        "availability_daily",
+    ] {
+        client
+            .query(&format!("SELECT * FROM {relation} LIMIT 1"), &[])
+            .unwrap();
+    }
 }
 
 #[tokio::test]

@@ -115,7 +115,7 @@ pub async fn scalar(url: &str, sql: &str) -> i64 {
 
 /// The id of every check stored, to compare with [`ids`] of what was produced.
 pub async fn stored_ids(url: &str) -> BTreeSet<String> {
-    strings(url, "SELECT check_id::text FROM checks")
+    strings(url, "SELECT check_id::text FROM check_results")
         .await
         .into_iter()
         .collect()

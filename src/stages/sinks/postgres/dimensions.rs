@@ -1,5 +1,5 @@
-//! The small tables a check points into, `tls_details` and `checkers`: each distinct value is
-//! stored once and a check holds its id (migration 0002).
+//! The small tables a check points into, `tls_details`, `checkers` (migration 2) and `regions`
+//! (migration 3): each distinct value is stored once and a check holds its id.
 //!
 //! Their rows are immutable, so the ids the sink has seen are cached for good, and missing
 //! ones are inserted before a batch's transaction, autocommitted: a row no check points to yet
@@ -47,6 +47,8 @@ pub type CheckerKey = (String, String);
 pub struct Known {
     pub tls: HashMap<Uuid, i32>,
     pub checkers: HashMap<CheckerKey, i16>,
+    /// Region name → id; `""` is always 0 (migration 3).
+    pub regions: HashMap<String, i16>,
 }
 
 const INSERT_TLS: &str = "\
@@ -67,11 +69,13 @@ INSERT INTO checkers (region, name)
 SELECT * FROM unnest($1::text[], $2::text[]) AS i(region, name) ORDER BY region, name
 ON CONFLICT (region, name) DO NOTHING";
 
-/// Inserts what is missing of `tls` and `checkers` and returns every id the batch needs.
+/// Inserts what is missing of `tls`, `checkers` and `regions` and returns every id the batch
+/// needs.
 pub fn ensure(
     client: &mut postgres::Client,
     tls: &[(Uuid, &TlsInfo)],
     checkers: &[CheckerKey],
+    regions: &[String],
 ) -> Result<Known, postgres::Error> {
     let mut known = Known::default();
     if !tls.is_empty() {
@@ -117,6 +121,19 @@ pub fn ensure(
             &[&regions, &names],
         )? {
             known.checkers.insert((row.get(0), row.get(1)), row.get(2));
+        }
+    }
+    if !regions.is_empty() {
+        client.execute(
+            "INSERT INTO regions (name) SELECT * FROM unnest($1::text[]) AS r(name) ORDER BY name
+             ON CONFLICT (name) DO NOTHING",
+            &[&regions],
+        )?;
+        for row in client.query(
+            "SELECT name, id FROM regions WHERE name = ANY($1)",
+            &[&regions],
+        )? {
+            known.regions.insert(row.get(0), row.get(1));
         }
     }
     Ok(known)

@@ -50,8 +50,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
 mod dimensions;
+pub mod incidents;
+mod maintenance;
 
 use dimensions::CheckerKey;
+use incidents::Thresholds;
 
 type PgPool = Pool<PostgresConnectionManager<MakeTlsConnector>>;
 
@@ -72,6 +75,12 @@ fn default_parallel_batches() -> usize {
 }
 fn default_max_backoff() -> Duration {
     Duration::from_secs(30)
+}
+fn default_down_after() -> u32 {
+    3
+}
+fn default_up_after() -> u32 {
+    1
 }
 
 /// The settings of the `postgres` sink.
@@ -104,6 +113,25 @@ pub struct PostgresSinkConfig {
     /// Longest pause between two attempts of a failing write. Default `30s`.
     #[serde(default = "default_max_backoff", with = "duration")]
     pub max_backoff: Duration,
+    /// Delete hourly and daily rollups, and incidents that ended, older than this, such as
+    /// `5y`; independent of `retention`. Default: keep all.
+    #[serde(default, with = "duration::option")]
+    pub rollup_retention: Option<Duration>,
+    /// Failed checks in a row that make an incident. Default 3.
+    #[serde(default = "default_down_after")]
+    pub down_after: u32,
+    /// Good checks in a row that end an incident. Default 1.
+    #[serde(default = "default_up_after")]
+    pub up_after: u32,
+}
+
+impl PostgresSinkConfig {
+    fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            down_after: self.down_after,
+            up_after: self.up_after,
+        }
+    }
 }
 
 impl StageConfig for PostgresSinkConfig {
@@ -126,14 +154,24 @@ impl StageConfig for PostgresSinkConfig {
                 "the pool needs at least 1 connection",
             ));
         }
-        if self
-            .retention
-            .is_some_and(|r| r < Duration::from_secs(86_400))
-        {
-            errors.push(ConfigError::at(
-                "retention",
-                "retention is counted in whole days: at least 1d",
-            ));
+        for (field, retention) in [
+            ("retention", self.retention),
+            ("rollup_retention", self.rollup_retention),
+        ] {
+            if retention.is_some_and(|r| r < Duration::from_secs(86_400)) {
+                errors.push(ConfigError::at(
+                    field,
+                    format!("{field} is counted in whole days: at least 1d"),
+                ));
+            }
+        }
+        for (field, value) in [("down_after", self.down_after), ("up_after", self.up_after)] {
+            if value == 0 {
+                errors.push(ConfigError::at(
+                    field,
+                    "at least 1 check: an incident needs one to start and one to end",
+                ));
+            }
         }
         let database = match Database::from_url(&self.url) {
             Ok(database) => Some(database),
@@ -257,8 +295,12 @@ impl SinkMetrics {
 #[derive(Debug, Clone)]
 struct Row {
     checked_at: SystemTime,
-    check_id: Uuid,
+    /// The message's id when it is not the one derived from target, slot and region (a
+    /// producer of its own); stored only then.
+    check_id: Option<Uuid>,
     target: String,
+    /// `""` without one.
+    region: String,
     start_delay_ms: i32,
     response_time_us: i32,
     dns_us: Option<i32>,
@@ -326,10 +368,20 @@ impl Row {
             .map_err(|_| "started_at is too far from scheduled_at".to_owned())?;
         let remote: Option<SocketAddr> = check.remote_addr.as_deref().and_then(|a| a.parse().ok());
         let timings = &check.timings_ms;
+        let region = check.region.clone().unwrap_or_default();
+        // pipe_check_id, in the view, reads the slot's milliseconds since 1970 as check_id_in
+        // does, but not a slot before 1970 as 0.
+        let derivable = check.scheduled_at >= UNIX_EPOCH;
+        let derived = crate::check::check_id_in(
+            &check.target,
+            check.scheduled_at,
+            Some(region.as_str()).filter(|r| !r.is_empty()),
+        );
         let row = Row {
             checked_at: check.scheduled_at,
-            check_id: check.check_id,
+            check_id: (!derivable || derived != check.check_id).then_some(check.check_id),
             target: check.target.clone(),
+            region,
             start_delay_ms,
             response_time_us: micros(check.response_time_ms, "response_time_ms")?,
             dns_us: micros_opt(timings.dns, "timings_ms.dns")?,
@@ -384,27 +436,12 @@ enum WriteError {
     Permanent(String),
 }
 
-fn describe(error: &postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => {
-            let mut message = error.to_string();
-            let mut source = std::error::Error::source(error);
-            while let Some(cause) = source {
-                message = format!("{message}: {cause}");
-                source = cause.source();
-            }
-            message
-        }
-    }
-}
-
 impl From<postgres::Error> for WriteError {
     fn from(error: postgres::Error) -> Self {
         if database::is_transient(&error) {
-            Self::Transient(describe(&error))
+            Self::Transient(database::describe(&error))
         } else {
-            Self::Permanent(describe(&error))
+            Self::Permanent(database::describe(&error))
         }
     }
 }
@@ -416,18 +453,29 @@ impl From<r2d2::Error> for WriteError {
     }
 }
 
+/// Inserts a batch's checks, adds those inserted (not those already there) to the rollups in
+/// the same statement, and returns them for the incidents.
 const INSERT_CHECKS: &str = "\
-INSERT INTO checks (checked_at, check_id, target_id, start_delay_ms, response_time_us, dns_us,
-    connect_us, tls_us, first_byte_us, transfer_us, body_bytes, remote_port, error_kind,
-    latency_class, status_code, http_version, up, regex_matched, remote_ip, error_message, captures,
-    tls_id, cert_expires_soon, checker_id)
-SELECT * FROM unnest($1::timestamptz[], $2::uuid[], $3::int4[], $4::int4[], $5::int4[], $6::int4[],
-    $7::int4[], $8::int4[], $9::int4[], $10::int4[], $11::int4[], $12::int4[],
-    $13::text[]::check_error_kind[], $14::text[]::check_latency_class[], $15::int2[], $16::int2[],
-    $17::bool[], $18::bool[], $19::inet[], $20::text[], $21::jsonb[], $22::int4[], $23::bool[],
-    $24::int2[])
-ON CONFLICT DO NOTHING
-RETURNING checked_at";
+WITH inserted AS (
+    INSERT INTO checks (checked_at, target_id, start_delay_ms, response_time_us, dns_us,
+        connect_us, tls_us, first_byte_us, transfer_us, body_bytes, remote_port, tls_id,
+        error_kind, latency_class, region_id, checker_id, status_code, http_version, up,
+        regex_matched, cert_expires_soon, remote_ip, check_id, error_message, captures)
+    SELECT * FROM unnest($1::timestamptz[], $2::int4[], $3::int4[], $4::int4[], $5::int4[],
+        $6::int4[], $7::int4[], $8::int4[], $9::int4[], $10::int4[], $11::int4[], $12::int4[],
+        $13::text[]::check_error_kind[], $14::text[]::check_latency_class[], $15::int2[],
+        $16::int2[], $17::int2[], $18::int2[], $19::bool[], $20::bool[], $21::bool[],
+        $22::inet[], $23::uuid[], $24::text[], $25::jsonb[])
+    ON CONFLICT DO NOTHING
+    RETURNING checks
+), rollups AS (
+    SELECT pipe_add_rollups(array_agg(inserted.checks)) FROM inserted
+)
+SELECT (i.checks).target_id, (i.checks).region_id, (i.checks).checked_at,
+       pipe_down_cause((i.checks).up, (i.checks).error_kind, (i.checks).status_code,
+                       (i.checks).regex_matched, (i.checks).latency_class,
+                       (i.checks).cert_expires_soon)
+FROM inserted i CROSS JOIN rollups";
 
 const UPSERT_TARGETS: &str = "\
 INSERT INTO targets (name, url, method, regex)
@@ -447,15 +495,16 @@ struct Ids {
     targets: HashMap<String, i32>,
     tls: HashMap<Uuid, i32>,
     checkers: HashMap<CheckerKey, i16>,
+    regions: HashMap<String, i16>,
 }
 
-/// Inserts `rows` (all of whose targets, TLS details and checkers have ids) with one statement;
-/// returns the scheduled times of those stored (not of those already there).
+/// Inserts `rows` (all of whose targets, TLS details, checkers and regions have ids) with one
+/// statement, rollups included; returns the checks stored (not those already there).
 fn insert_checks(
     client: &mut impl postgres::GenericClient,
     rows: &[&Row],
     ids: &Ids,
-) -> Result<Vec<SystemTime>, postgres::Error> {
+) -> Result<Vec<incidents::Stored>, postgres::Error> {
     macro_rules! column {
         ($field:ident) => {
             rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
@@ -470,11 +519,11 @@ fn insert_checks(
         .iter()
         .map(|r| r.checker.as_ref().map(|key| ids.checkers[key]))
         .collect();
+    let region_ids: Vec<i16> = rows.iter().map(|r| ids.regions[&r.region]).collect();
     let stored = client.query(
         INSERT_CHECKS,
         &[
             &column!(checked_at),
-            &column!(check_id),
             &target_ids,
             &column!(start_delay_ms),
             &column!(response_time_us),
@@ -485,21 +534,32 @@ fn insert_checks(
             &column!(transfer_us),
             &column!(body_bytes),
             &column!(remote_port),
+            &tls_ids,
             &column!(error_kind),
             &column!(latency_class),
+            &region_ids,
+            &checker_ids,
             &column!(status_code),
             &column!(http_version),
             &column!(up),
             &column!(regex_matched),
+            &column!(cert_expires_soon),
             &column!(remote_ip),
+            &column!(check_id),
             &column!(error_message),
             &column!(captures),
-            &tls_ids,
-            &column!(cert_expires_soon),
-            &checker_ids,
         ],
     )?;
-    Ok(stored.iter().map(|row| row.get(0)).collect())
+    Ok(stored
+        .iter()
+        .map(|row| incidents::Stored {
+            series: (row.get(0), row.get(1)),
+            outcome: incidents::Outcome {
+                at: row.get(2),
+                cause: row.get(3),
+            },
+        })
+        .collect())
 }
 
 fn insert_dead_letters(
@@ -531,6 +591,7 @@ struct Batch {
     /// The distinct TLS details and checkers of the rows.
     tls: HashMap<Uuid, TlsInfo>,
     checkers: HashSet<CheckerKey>,
+    regions: HashSet<String>,
 }
 
 /// What the blocking side keeps between batches.
@@ -604,7 +665,12 @@ fn upsert_targets(
 
 /// Writes one batch in one transaction; on a permanent error, row by row with savepoints.
 /// The cache is locked only briefly, so several batches can be written at once.
-fn write_batch(pool: &PgPool, cache: &Mutex<Cache>, batch: &Batch) -> Result<Written, WriteError> {
+fn write_batch(
+    pool: &PgPool,
+    cache: &Mutex<Cache>,
+    batch: &Batch,
+    thresholds: Thresholds,
+) -> Result<Written, WriteError> {
     let (missing_days, mut changed, mut ids) = {
         let cache = cache.lock().expect("not poisoned");
         let missing: Vec<i64> = batch
@@ -640,6 +706,7 @@ fn write_batch(pool: &PgPool, cache: &Mutex<Cache>, batch: &Batch) -> Result<Wri
     let dimension_ids = dimension_ids(&mut client, cache, batch)?;
 
     let mut tx = client.transaction()?;
+    hold_rebuild_lock(&mut tx)?;
     let fresh = upsert_targets(&mut tx, &mut changed)?;
     ids.extend(fresh.iter().map(|(name, (id, _))| (name.clone(), *id)));
     let ids = Ids {
@@ -653,17 +720,28 @@ fn write_batch(pool: &PgPool, cache: &Mutex<Cache>, batch: &Batch) -> Result<Wri
         Err(_) => {
             // Some row is refused: start over on the same connection, one savepoint per row.
             drop(tx);
-            return write_rows_one_by_one(cache, batch, ids, &mut client);
+            return write_rows_one_by_one(cache, batch, ids, thresholds, &mut client);
         }
     };
+    incidents::add(&mut tx, thresholds, &stored)?;
     insert_dead_letters(&mut tx, &batch.dead)?;
     tx.commit()?;
     cache.lock().expect("not poisoned").targets.extend(fresh);
     Ok(Written {
-        stored,
+        stored: stored.iter().map(|s| s.outcome.at).collect(),
         dead_letters: batch.dead.len(),
         committed_at: SystemTime::now(),
     })
+}
+
+/// The key of the advisory lock that `pipe rollups rebuild` holds exclusively while it
+/// rewrites a day, and every batch's transaction shares: a rebuild never interleaves with a
+/// batch's rollups or incidents.
+pub const REBUILD_LOCK: i64 = 0x7069_7065_726f_6c6c; // "piperoll"
+
+fn hold_rebuild_lock(tx: &mut impl postgres::GenericClient) -> Result<(), postgres::Error> {
+    tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&REBUILD_LOCK])
+        .map(drop)
 }
 
 /// What a committed batch wrote.
@@ -681,7 +759,7 @@ fn dimension_ids(
     batch: &Batch,
 ) -> Result<Ids, WriteError> {
     let mut ids = Ids::default();
-    let (missing_tls, missing_checkers) = {
+    let (missing_tls, missing_checkers, missing_regions) = {
         let cache = cache.lock().expect("not poisoned");
         let known = &cache.dimensions;
         let mut missing_tls = Vec::new();
@@ -702,17 +780,31 @@ fn dimension_ids(
                 None => missing_checkers.push(key.clone()),
             }
         }
-        (missing_tls, missing_checkers)
+        let mut missing_regions = Vec::new();
+        for region in &batch.regions {
+            match known.regions.get(region) {
+                Some(id) => {
+                    ids.regions.insert(region.clone(), *id);
+                }
+                None if region.is_empty() => {
+                    ids.regions.insert(String::new(), 0);
+                }
+                None => missing_regions.push(region.clone()),
+            }
+        }
+        (missing_tls, missing_checkers, missing_regions)
     };
-    if missing_tls.is_empty() && missing_checkers.is_empty() {
+    if missing_tls.is_empty() && missing_checkers.is_empty() && missing_regions.is_empty() {
         return Ok(ids);
     }
-    let fresh = dimensions::ensure(client, &missing_tls, &missing_checkers)?;
+    let fresh = dimensions::ensure(client, &missing_tls, &missing_checkers, &missing_regions)?;
     ids.tls.extend(&fresh.tls);
     ids.checkers.extend(fresh.checkers.clone());
+    ids.regions.extend(fresh.regions.clone());
     let mut cache = cache.lock().expect("not poisoned");
     cache.dimensions.tls.extend(fresh.tls);
     cache.dimensions.checkers.extend(fresh.checkers);
+    cache.dimensions.regions.extend(fresh.regions);
     Ok(ids)
 }
 
@@ -720,9 +812,11 @@ fn write_rows_one_by_one(
     cache: &Mutex<Cache>,
     batch: &Batch,
     ids: Ids,
+    thresholds: Thresholds,
     client: &mut postgres::Client,
 ) -> Result<Written, WriteError> {
     let mut tx = client.transaction()?;
+    hold_rebuild_lock(&mut tx)?;
     let mut seen = HashSet::new();
     let mut targets: Vec<TargetRow> = batch
         .targets
@@ -743,57 +837,30 @@ fn write_rows_one_by_one(
     for (row, (source, check)) in batch.rows.iter().zip(&batch.sources) {
         let mut savepoint = tx.savepoint("row")?;
         match insert_checks(&mut savepoint, &[row], &ids) {
-            Ok(times) => {
+            Ok(rows) => {
                 savepoint.commit()?;
-                stored.extend(times);
+                stored.extend(rows);
             }
             Err(e) if database::is_transient(&e) => return Err(e.into()),
             Err(e) => {
                 savepoint.rollback()?;
                 dead.push(DeadLetter {
-                    error: format!("refused by the database: {}", describe(&e)),
+                    error: format!("refused by the database: {}", database::describe(&e)),
                     payload: serde_json::to_vec(check).unwrap_or_default(),
                     ..source.clone()
                 });
             }
         }
     }
+    incidents::add(&mut tx, thresholds, &stored)?;
     insert_dead_letters(&mut tx, &dead)?;
     tx.commit()?;
     cache.lock().expect("not poisoned").targets.extend(fresh);
     Ok(Written {
-        stored,
+        stored: stored.iter().map(|s| s.outcome.at).collect(),
         dead_letters: dead.len(),
         committed_at: SystemTime::now(),
     })
-}
-
-/// Creates the partitions from yesterday to `ahead` days on, and drops expired ones.
-fn maintain(
-    pool: &PgPool,
-    cache: &Mutex<Cache>,
-    ahead: u32,
-    retention: Option<Duration>,
-) -> Result<i32, WriteError> {
-    let mut client = pool.get()?;
-    let today = day_of(SystemTime::now());
-    let days: Vec<i64> = (today - 1..=today + i64::from(ahead)).collect();
-    ensure_partitions(&mut client, days.iter().copied())?;
-    cache.lock().expect("not poisoned").days.extend(days);
-    let Some(retention) = retention else {
-        return Ok(0);
-    };
-    let cutoff = today - (retention.as_secs() / 86_400) as i64;
-    let row = client.query_one(
-        "SELECT pipe_drop_check_partitions_before(($1::timestamptz AT TIME ZONE 'UTC')::date)",
-        &[&date_of_day(cutoff)],
-    )?;
-    cache
-        .lock()
-        .expect("not poisoned")
-        .days
-        .retain(|d| *d >= cutoff);
-    Ok(row.get(0))
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
@@ -886,6 +953,7 @@ impl PostgresSink {
             days: HashSet::new(),
             tls: HashMap::new(),
             checkers: HashSet::new(),
+            regions: HashSet::new(),
         };
         let mut expired = 0;
         for event in events {
@@ -935,6 +1003,7 @@ impl PostgresSink {
                     if let Some(checker) = &row.checker {
                         batch.checkers.insert(checker.clone());
                     }
+                    batch.regions.insert(row.region.clone());
                     // Serialized again only if the database refuses the row.
                     batch
                         .sources
@@ -965,15 +1034,17 @@ impl Sink for PostgresSink {
                 .await?;
             info!(cx.logger, "migrations checked"; "applied_now" => ?applied);
         }
-        let (ahead, retention) = (self.config.partitions_ahead, self.config.retention);
+        let retention = self.config.retention;
+        let plan = maintenance::Plan {
+            partitions_ahead: self.config.partitions_ahead,
+            retention,
+            rollup_retention: self.config.rollup_retention,
+        };
         let maintenance =
-            move |pool: &PgPool, cache: &Mutex<Cache>| maintain(pool, cache, ahead, retention);
-        let dropped = self
-            .with_retries("partition maintenance", &cx, &cache, maintenance)
-            .await?;
-        if dropped > 0 {
-            info!(cx.logger, "expired partitions dropped"; "count" => dropped);
-        }
+            move |pool: &PgPool, cache: &Mutex<Cache>| maintenance::run(pool, cache, &plan);
+        self.with_retries("maintenance", &cx, &cache, maintenance)
+            .await?
+            .log(&cx.logger);
         let mut next_maintenance = tokio::time::Instant::now() + MAINTENANCE_EVERY;
         let (mut stored, mut dead_lettered) = (0_u64, 0_u64);
         let mut events = Vec::with_capacity(self.config.batch_size);
@@ -1015,10 +1086,7 @@ impl Sink for PostgresSink {
                 // and again while every slot is busy.
                 () = sleep_until_opt(deadline), if deadline.is_some() && room => true,
                 () = tokio::time::sleep_until(next_maintenance), if in_flight.is_empty() => {
-                    let dropped = self.with_retries("partition maintenance", &cx, &cache, maintenance).await?;
-                    if dropped > 0 {
-                        info!(cx.logger, "expired partitions dropped"; "count" => dropped);
-                    }
+                    self.with_retries("maintenance", &cx, &cache, maintenance).await?.log(&cx.logger);
                     next_maintenance = tokio::time::Instant::now() + MAINTENANCE_EVERY;
                     false
                 }
@@ -1038,10 +1106,11 @@ impl Sink for PostgresSink {
             }
             let batch = Arc::new(batch);
             let (this, cx, cache) = (&self, &cx, &cache);
+            let thresholds = self.config.thresholds();
             in_flight.push(async move {
                 let written = this
                     .with_retries("write batch", cx, cache, move |pool, cache| {
-                        write_batch(pool, cache, &batch)
+                        write_batch(pool, cache, &batch, thresholds)
                     })
                     .await?;
                 Ok::<_, String>((written, acks))
