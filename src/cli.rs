@@ -17,6 +17,8 @@ use crate::config::diagnostic::Diagnostics;
 use crate::config::duration;
 use crate::logging::{self, LogFormat, LogLevel};
 use crate::registry::{Registry, StageKind};
+use crate::stages::sinks::postgres::incidents::Thresholds;
+use crate::stages::sinks::postgres::rebuild;
 use crate::topology::{self, RunOptions};
 
 #[derive(Debug, Parser)]
@@ -72,6 +74,11 @@ enum Command {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
+    /// Maintain the rollups and incidents that the postgres sink keeps.
+    Rollups {
+        #[command(subcommand)]
+        command: RollupsCommand,
+    },
     /// Print a shell completion script: `pipe completions bash > /etc/bash_completion.d/pipe`.
     Completions {
         /// The shell.
@@ -80,6 +87,27 @@ enum Command {
     },
     /// Print the manual page (roff): `pipe man > /usr/local/share/man/man1/pipe.1`.
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+enum RollupsCommand {
+    /// Recompute rollups and incidents from the raw checks, one UTC day per transaction
+    /// (for checks stored before migration 3, or after changing down_after or up_after).
+    /// Idempotent; running writers wait for each day, then go on.
+    Rebuild {
+        /// The PostgreSQL URL (libpq style, `sslmode` and `sslrootcert` understood).
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Only the days from this long ago, such as 30d. Default: every day with checks.
+        #[arg(long, value_parser = duration::parse)]
+        since: Option<Duration>,
+        /// Failed checks in a row that make an incident: the postgres sink's `down_after`.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        down_after: u32,
+        /// Good checks in a row that end one: the postgres sink's `up_after`.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        up_after: u32,
+    },
 }
 
 /// Parses the command line and runs it with the stages in `registry`.
@@ -109,6 +137,21 @@ pub fn main(registry: Registry) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Command::Migrate { database_url } => migrate(&logger, &database_url).await,
+            Command::Rollups {
+                command:
+                    RollupsCommand::Rebuild {
+                        database_url,
+                        since,
+                        down_after,
+                        up_after,
+                    },
+            } => {
+                let thresholds = Thresholds {
+                    down_after,
+                    up_after,
+                };
+                rebuild_rollups(&logger, &database_url, since, thresholds).await
+            }
             Command::Completions { shell } => {
                 clap_complete::generate(shell, &mut Cli::command(), "pipe", &mut std::io::stdout());
                 ExitCode::SUCCESS
@@ -290,6 +333,94 @@ async fn migrate(logger: &slog::Logger, url: &str) -> ExitCode {
         Err(e) => {
             error!(logger, "migration task failed"; "error" => %e);
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn rebuild_rollups(
+    logger: &slog::Logger,
+    url: &str,
+    since: Option<Duration>,
+    thresholds: Thresholds,
+) -> ExitCode {
+    let database = match crate::database::Database::from_url(url) {
+        Ok(database) => database,
+        Err(message) => {
+            error!(logger, "{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let target = database.to_string();
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut client = database.connect()?;
+        let mut bar = ProgressBar::new("rebuilding rollups and incidents");
+        let summary = rebuild::run(&mut client, since, thresholds, |p| {
+            bar.show(
+                p.done,
+                p.days,
+                &crate::check::rfc3339_millis::format(p.day)[..10],
+            )
+        });
+        bar.finish();
+        summary
+    })
+    .await;
+    match result {
+        Ok(Ok(summary)) => {
+            info!(logger, "rollups and incidents rebuilt"; "database" => &target,
+                  "days" => summary.days, "checks" => summary.checks,
+                  "incidents_written" => summary.incidents,
+                  "seconds" => format!("{:.1}", started.elapsed().as_secs_f64()));
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            error!(logger, "rebuild failed; the days before the failing one are done, and running it again is safe";
+                   "database" => &target, "error" => crate::database::describe(&e));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            error!(logger, "rebuild task failed"; "error" => %e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A one-line progress bar on standard error, drawn only when it is a terminal.
+struct ProgressBar {
+    what: &'static str,
+    terminal: bool,
+    drawn: bool,
+}
+
+impl ProgressBar {
+    fn new(what: &'static str) -> Self {
+        use std::io::IsTerminal;
+        Self {
+            what,
+            terminal: std::io::stderr().is_terminal(),
+            drawn: false,
+        }
+    }
+
+    fn show(&mut self, done: usize, total: usize, label: &str) {
+        if !self.terminal {
+            return;
+        }
+        const WIDTH: usize = 30;
+        let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
+        eprint!(
+            "\r{} [{}{}] {done}/{total} {label}",
+            self.what,
+            "#".repeat(filled),
+            ".".repeat(WIDTH - filled)
+        );
+        self.drawn = true;
+    }
+
+    fn finish(&self) {
+        if self.drawn {
+            eprintln!();
         }
     }
 }

@@ -8,6 +8,7 @@
 // Each test file uses its own part of these helpers.
 #![allow(dead_code)]
 
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod pg;

@@ -11,7 +11,8 @@ use pipe::check::{
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-/// `n` distinct checks spread over `targets` targets, scheduled around now.
+/// `n` distinct checks spread over `targets` targets, scheduled from about now on, in slot
+/// order (as a checker sends them).
 pub fn checks(n: usize, targets: usize) -> Vec<CheckResult> {
     let base = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -22,7 +23,7 @@ pub fn checks(n: usize, targets: usize) -> Vec<CheckResult> {
     (0..n)
         .map(|i| {
             let target = format!("site-{}", i % targets);
-            let scheduled_at = UNIX_EPOCH + Duration::from_millis(base * 1000 - (i as u64) * 10);
+            let scheduled_at = UNIX_EPOCH + Duration::from_millis(base * 1000 + (i as u64) * 10);
             let failed = i % 10 == 7;
             CheckResult {
                 schema_version: SCHEMA_VERSION,

@@ -166,7 +166,7 @@ pub struct Stored {
 }
 
 /// The states of `series`, created where missing and locked until the transaction ends.
-fn lock_states(
+pub fn lock_states(
     tx: &mut impl GenericClient,
     series: &[Series],
 ) -> Result<HashMap<Series, State>, postgres::Error> {

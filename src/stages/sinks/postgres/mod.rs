@@ -52,6 +52,7 @@ use prometheus_client::metrics::histogram::Histogram;
 mod dimensions;
 pub mod incidents;
 mod maintenance;
+pub mod rebuild;
 
 use dimensions::CheckerKey;
 use incidents::Thresholds;
