@@ -17,7 +17,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::writer::{
     self, ids, scalar, scalar_or_minus_one, static_member, stored_ids, wait_for,
 };
-use support::{http, unique_name};
+use support::{history, http, unique_name};
+
+/// The postgres sink's default incident thresholds, which the writers here use.
+const THRESHOLDS: pipe::stages::sinks::postgres::incidents::Thresholds =
+    pipe::stages::sinks::postgres::incidents::Thresholds {
+        down_after: 3,
+        up_after: 1,
+    };
 
 /// One test at a time: each stops services the others use. (tokio's lock does not poison, so a
 /// failed test does not fail the ones after it.)
@@ -251,6 +258,7 @@ async fn a_writer_killed_five_times_and_a_postgres_restart_store_every_check_onc
     const N: usize = 50_000;
     const RESENT: usize = 5_000;
     const POISON: usize = 100;
+    const LATE: usize = 2_000;
     let started = Instant::now();
     let Backlog {
         brokers,
@@ -274,6 +282,20 @@ async fn a_writer_killed_five_times_and_a_postgres_restart_store_every_check_onc
         })
         .collect();
     writer::produce_raw(&brokers, &topic, &poison).await;
+    // Late checks: slots an hour before the others, sent after them.
+    let late: Vec<pipe::check::CheckResult> = writer::checks(LATE, 200)
+        .into_iter()
+        .map(|mut check| {
+            check.scheduled_at -= Duration::from_secs(3600);
+            check.started_at -= Duration::from_secs(3600);
+            check.check_id = pipe::check::check_id(&check.target, check.scheduled_at);
+            check
+        })
+        .collect();
+    writer::produce(&brokers, &topic, &late).await;
+    let total = N + LATE;
+    let mut expected = ids(&checks);
+    expected.extend(ids(&late));
 
     let mut random = Random::new();
     let mut kills = Vec::new();
@@ -293,7 +315,7 @@ async fn a_writer_killed_five_times_and_a_postgres_restart_store_every_check_onc
         stored = scalar(&db.url, COUNT).await;
         kills.push(stored);
         assert!(
-            (stored as usize) < N,
+            (stored as usize) < total,
             "killed after the end ({stored} rows): the test proves nothing; log:\n{}",
             writer.log_tail()
         );
@@ -315,7 +337,7 @@ async fn a_writer_killed_five_times_and_a_postgres_restart_store_every_check_onc
         }
     }
     let last = Pipe::start(&file, "writer");
-    let final_count = wait_for(&db.url, COUNT, N as i64, TWO_MINUTES).await;
+    let final_count = wait_for(&db.url, COUNT, total as i64, TWO_MINUTES).await;
     let dead = wait_for(
         &db.url,
         "SELECT count(*) FROM dead_letters",
@@ -335,14 +357,33 @@ async fn a_writer_killed_five_times_and_a_postgres_restart_store_every_check_onc
         "SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM dead_letters",
     )
     .await;
+    let url = db.url.clone();
+    let (hourly, daily, incidents, replayed) = tokio::task::spawn_blocking(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        (
+            history::rollup_differences(&mut client, "rollups_hourly", "hour"),
+            history::rollup_differences(&mut client, "rollups_daily", "day"),
+            history::stored_incidents(&mut client),
+            history::replayed_incidents(&mut client, THRESHOLDS),
+        )
+    })
+    .await
+    .unwrap();
     println!(
         "killed at {kills:?} rows; stored {final_count}, distinct {distinct}, lost {}, dead letters {dead} ({dead_positions} positions) of {POISON} poison, {:.1} s",
-        N as i64 - distinct,
+        total as i64 - distinct,
         started.elapsed().as_secs_f64()
     );
-    assert_eq!(final_count, N as i64, "log:\n{log}");
-    assert_eq!(distinct, N as i64);
-    assert_eq!(stored_ids(&db.url).await, ids(&checks));
+    println!(
+        "rollups: {} hourly rows ({} differ from the raw checks), {} daily ({} differ); incidents in {} series, {} as a replay",
+        hourly.1, hourly.0, daily.1, daily.0, incidents.len(), replayed.len()
+    );
+    assert_eq!(final_count, total as i64, "log:\n{log}");
+    assert_eq!(distinct, total as i64);
+    assert_eq!(stored_ids(&db.url).await, expected);
+    assert_eq!(hourly.0, 0, "hourly rollups count each stored check once");
+    assert_eq!(daily.0, 0, "daily rollups count each stored check once");
+    assert_eq!(incidents, replayed, "incidents equal a replay in slot order");
     assert_eq!(
         dead, POISON as i64,
         "every poison message dead-lettered once"
