@@ -192,7 +192,7 @@ BEGIN ATOMIC
       AND p.inhrelid::regclass::text ~ '^checks_[0-9]{8}$'
       AND to_date(substring(p.inhrelid::regclass::text FROM 8), 'YYYYMMDD') < before
       AND obj_description(i.indexrelid, 'pg_class') IS DISTINCT FROM 'pipe: compacted'
-    ORDER BY 1;
+    ORDER BY p.inhrelid::regclass::text;
 END;
 
 -- The stable query surface, with migration 2's columns; `check_id` is the stored exception or

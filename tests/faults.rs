@@ -383,7 +383,10 @@ async fn a_writer_killed_five_times_and_a_postgres_restart_store_every_check_onc
     assert_eq!(stored_ids(&db.url).await, expected);
     assert_eq!(hourly.0, 0, "hourly rollups count each stored check once");
     assert_eq!(daily.0, 0, "daily rollups count each stored check once");
-    assert_eq!(incidents, replayed, "incidents equal a replay in slot order");
+    assert_eq!(
+        incidents, replayed,
+        "incidents equal a replay in slot order"
+    );
     assert_eq!(
         dead, POISON as i64,
         "every poison message dead-lettered once"

@@ -460,3 +460,64 @@ fn a_rebuild_names_a_database_it_cannot_reach_without_its_password() {
     assert!(stderr.contains("127.0.0.1"), "{stderr}");
     assert!(!stderr.contains("hunter22"), "{stderr}");
 }
+
+#[tokio::test]
+async fn maintenance_keeps_rollups_for_rollup_retention_and_compacts_finished_days() {
+    let db = fresh_database("upkeep").await;
+    store(&db.url, three_days(), "batch_size: 500\n").await;
+    let two_days_ago = format!(
+        "checks_{}",
+        pipe::check::rfc3339_millis::format(day_start(2))[..10].replace('-', "")
+    );
+    let index = format!("{two_days_ago}_pkey");
+    let size = |index: String| {
+        move |client: &mut postgres::Client| -> (i64, Option<String>) {
+            let row = client
+                .query_one(
+                    "SELECT pg_relation_size($1::text::regclass), obj_description($1::text::regclass, 'pg_class')",
+                    &[&index],
+                )
+                .unwrap();
+            (row.get(0), row.get(1))
+        }
+    };
+    let (before, comment) = with_client(&db.url, size(index.clone())).await;
+    assert_eq!(
+        comment, None,
+        "the first run's maintenance came before the checks"
+    );
+    // A writer started again: its maintenance runs at start.
+    store(&db.url, vec![], "rollup_retention: 1d\n").await;
+    let (after, comment) = with_client(&db.url, size(index.clone())).await;
+    let rows = 288 * 6;
+    println!(
+        "{index}: {:.1} bytes a check before compaction, {:.1} after",
+        before as f64 / rows as f64,
+        after as f64 / rows as f64
+    );
+    assert_eq!(comment.as_deref(), Some("pipe: compacted"));
+    assert!(after < before, "{after} < {before}");
+    let (oldest_hour, oldest_day, raw, found) = with_client(&db.url, |client| {
+        let row = client
+            .query_one(
+                "SELECT (SELECT min(bucket) FROM rollups_hourly),
+                        (SELECT min(bucket) FROM rollups_daily),
+                        (SELECT count(*) FROM checks),
+                        (SELECT count(*) FROM check_results
+                         WHERE target = 'site-3' AND checked_at >= $1 AND checked_at < $2)",
+                &[&day_start(2), &day_start(1)],
+            )
+            .unwrap();
+        (
+            row.get::<_, SystemTime>(0),
+            row.get::<_, SystemTime>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, i64>(3),
+        )
+    })
+    .await;
+    assert_eq!(oldest_hour, day_start(1), "hours before yesterday deleted");
+    assert_eq!(oldest_day, day_start(1));
+    assert_eq!(raw, 3 * 288 * 6, "the raw checks keep their own retention");
+    assert_eq!(found, 288, "the compacted index still finds a target's day");
+}
