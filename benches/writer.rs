@@ -7,14 +7,13 @@
 //! cargo bench --bench writer -- consume --messages 200000
 //! ```
 
-use std::collections::HashMap;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use pipe::check::{
-    check_id, CheckError, CheckResult, ErrorKind, LatencyClass, Timings, SCHEMA_VERSION,
+    check_id, CheckError, CheckResult, ErrorKind, LatencyClass, Timings, TlsInfo, SCHEMA_VERSION,
 };
 use pipe::compiler::{CompiledPipeline, CompiledStage};
 use pipe::registry::{BuiltStage, StageKind};
@@ -22,27 +21,36 @@ use pipe::stages::sinks::postgres::PostgresSinkConfig;
 use pipe::topology::{self, RunOptions};
 use pipe::{BoxError, BuildContext, Event, Fields, Source, SourceContext, StageConfig};
 
+/// `n` typical checks of `targets` HTTPS targets every 30 s, in slot order (as checkers send
+/// them), the last slots just before now: 5% fail (a timeout, no response), the rest answer
+/// with TLS details, one certificate per target.
 fn checks(n: usize, targets: usize) -> Vec<CheckResult> {
-    let base = SystemTime::now()
+    let slots = n.div_ceil(targets) as u64;
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
-        .as_secs()
-        / 60
-        * 60;
+        .as_secs();
+    let first = (now / 30 - slots) * 30;
+    let not_after = UNIX_EPOCH + Duration::from_secs(now + 60 * 86_400);
     (0..n)
         .map(|i| {
-            let target = format!("site-{}", i % targets);
-            let scheduled_at = UNIX_EPOCH + Duration::from_millis(base * 1000 - i as u64);
-            let failed = i % 20 == 7;
+            let (slot, t) = ((i / targets) as u64, i % targets);
+            let target = format!("site-{t}");
+            let scheduled_at = UNIX_EPOCH + Duration::from_secs(first + slot * 30);
+            // Spread over targets and time, so that failures come in runs and incidents open.
+            let failed = (slot / 4 + t as u64 * 7) % 20 == 7;
             CheckResult {
                 schema_version: SCHEMA_VERSION,
                 check_id: check_id(&target, scheduled_at),
                 url: format!("https://{target}.example.com/"),
-                target,
                 method: "GET".into(),
                 scheduled_at,
                 started_at: scheduled_at + Duration::from_millis(1),
-                response_time_ms: 100.0 + (i % 900) as f64 * 0.731,
+                response_time_ms: if failed {
+                    10_000.0
+                } else {
+                    100.0 + (i * 7919 % 900) as f64 * 0.731
+                },
                 timings_ms: if failed {
                     Timings::default()
                 } else {
@@ -66,10 +74,20 @@ fn checks(n: usize, targets: usize) -> Vec<CheckResult> {
                 body_bytes: (!failed).then_some(1256),
                 remote_addr: (!failed).then(|| "93.184.215.14:443".into()),
                 http_version: (!failed).then(|| "HTTP/2".into()),
-                tls: None,
+                tls: (!failed).then(|| TlsInfo {
+                    version: "TLSv1.3".into(),
+                    cipher: "TLS_AES_256_GCM_SHA384".into(),
+                    cert_not_before: not_after - Duration::from_secs(90 * 86_400),
+                    cert_not_after: not_after,
+                    cert_issuer: "CN=R11,O=Let's Encrypt,C=US".into(),
+                    cert_subject: format!("CN={target}.example.com"),
+                    cert_sans: vec![format!("{target}.example.com")],
+                    cert_expires_soon: false,
+                }),
                 region: None,
-                checker: None,
+                checker: Some("bench-checker".into()),
                 captures: None,
+                target,
             }
         })
         .collect()
@@ -95,92 +113,56 @@ fn fresh_database(name: &str) -> String {
     url
 }
 
-fn micros(ms: Option<f64>) -> String {
-    ms.map_or("\\N".to_owned(), |v| {
-        ((v * 1000.0).round() as i64).to_string()
-    })
-}
-
-/// COPY of the same rows, pre-formatted in text format: only the COPY itself is timed.
-fn copy_rows(url: &str, rows: &[CheckResult]) -> Duration {
-    let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
-    let mut ids = HashMap::new();
-    for check in rows {
-        if !ids.contains_key(&check.target) {
-            let id: i32 = client
-                .query_one(
-                    "INSERT INTO targets (name, url, method) VALUES ($1, $2, $3) RETURNING id",
-                    &[&check.target, &check.url, &check.method],
-                )
-                .unwrap()
-                .get(0);
-            ids.insert(check.target.clone(), id);
-        }
-    }
-    let today = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+/// A raw COPY of exactly the rows the sink stored in `from` into the fresh database `to`:
+/// the small tables first (untimed), then `checks`, the only step timed.
+fn copy_rows(from: &str, to: &str) -> Duration {
+    let mut source = postgres::Client::connect(from, postgres::NoTls).unwrap();
+    let mut target = postgres::Client::connect(to, postgres::NoTls).unwrap();
+    let days: Vec<SystemTime> = source
+        .query(
+            "SELECT DISTINCT date_trunc('day', checked_at, 'UTC') FROM checks",
+            &[],
+        )
         .unwrap()
-        .as_secs()
-        / 86_400;
-    for day in today - 1..=today {
-        client
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for day in days {
+        target
             .execute(
                 "SELECT pipe_ensure_check_partition(($1::timestamptz AT TIME ZONE 'UTC')::date)",
-                &[&(UNIX_EPOCH + Duration::from_secs(day * 86_400))],
+                &[&day],
             )
             .unwrap();
     }
-    let mut data = Vec::with_capacity(rows.len() * 160);
-    for c in rows {
-        let (ip, port) = match c
-            .remote_addr
-            .as_deref()
-            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        {
-            Some(a) => (a.ip().to_string(), a.port().to_string()),
-            None => ("\\N".into(), "\\N".into()),
-        };
-        writeln!(
-            data,
-            "{}\t{}\t{}\t1\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t\\N\t{}\t{}\t\\N",
-            pipe::check::rfc3339_millis::format(c.scheduled_at),
-            c.check_id,
-            ids[&c.target],
-            micros(Some(c.response_time_ms)),
-            micros(c.timings_ms.dns),
-            micros(c.timings_ms.connect),
-            micros(c.timings_ms.tls),
-            micros(c.timings_ms.first_byte),
-            micros(c.timings_ms.transfer),
-            c.body_bytes.map_or("\\N".into(), |b| b.to_string()),
-            port,
-            c.error.as_ref().map_or("\\N", |e| e.kind.as_str()),
-            c.latency_class.map_or("\\N", |l| l.as_str()),
-            c.status_code.map_or("\\N".into(), |s| s.to_string()),
-            if c.http_version.is_some() {
-                "20"
-            } else {
-                "\\N"
-            },
-            c.up,
-            ip,
-            c.error
-                .as_ref()
-                .map_or("\\N".to_owned(), |e| e.message.clone()),
-        )
-        .unwrap();
-    }
-    let started = Instant::now();
-    let mut writer = client
-        .copy_in(
-            "COPY checks (checked_at, check_id, target_id, start_delay_ms, response_time_us, dns_us, connect_us,
-                 tls_us, first_byte_us, transfer_us, body_bytes, remote_port, error_kind, latency_class,
-                 status_code, http_version, up, regex_matched, remote_ip, error_message, captures) FROM STDIN",
-        )
-        .unwrap();
-    writer.write_all(&data).unwrap();
-    writer.finish().unwrap();
-    started.elapsed()
+    // Ids are identities in both, made in the order of the old ones: rows point to the same
+    // things.
+    let mut transfer = |table: &str, columns: &str, order: &str| -> Duration {
+        let mut data = Vec::new();
+        source
+            .copy_out(&format!(
+                "COPY (SELECT {columns} FROM {table} ORDER BY {order}) TO STDOUT"
+            ))
+            .unwrap()
+            .read_to_end(&mut data)
+            .unwrap();
+        let started = Instant::now();
+        let mut writer = target
+            .copy_in(&format!("COPY {table} ({columns}) FROM STDIN"))
+            .unwrap();
+        writer.write_all(&data).unwrap();
+        writer.finish().unwrap();
+        started.elapsed()
+    };
+    transfer("targets", "name, url, method, regex", "id");
+    transfer(
+        "tls_details",
+        "key, version, cipher, cert_not_before, cert_not_after, cert_issuer, cert_subject, cert_sans",
+        "id",
+    );
+    transfer("checkers", "region, name", "id");
+    // In the order the writer inserted them (slot order), as a loader would.
+    transfer("checks", "checked_at, target_id, start_delay_ms, response_time_us, dns_us, connect_us, tls_us, first_byte_us, transfer_us, body_bytes, remote_port, tls_id, error_kind, latency_class, region_id, checker_id, status_code, http_version, up, regex_matched, cert_expires_soon, remote_ip, check_id, error_message, captures", "checked_at, target_id")
 }
 
 struct Emit(Vec<Fields>);
@@ -246,27 +228,63 @@ fn count(url: &str) -> i64 {
         .unwrap_or(-1)
 }
 
-fn size_per_row(url: &str, rows: usize) -> f64 {
-    let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+/// Bytes per check of `checks` (heap, index), after VACUUM.
+fn size_per_row(client: &mut postgres::Client, rows: usize) -> (f64, f64) {
     client.batch_execute("VACUUM ANALYZE checks").unwrap();
-    let bytes: i64 = client
+    let row = client
         .query_one(
-            "SELECT sum(pg_total_relation_size(inhrelid))::bigint FROM pg_inherits WHERE inhparent = 'checks'::regclass",
+            "SELECT sum(pg_table_size(inhrelid))::int8, sum(pg_indexes_size(inhrelid))::int8
+             FROM pg_inherits WHERE inhparent = 'checks'::regclass",
+            &[],
+        )
+        .unwrap();
+    let per = |bytes: i64| bytes as f64 / rows as f64;
+    (per(row.get(0)), per(row.get(1)))
+}
+
+/// Prints the bytes per check as inserted and after the compaction the sink's maintenance
+/// does once a day is over (the same statements, on every day's index at once).
+fn print_sizes(url: &str, rows: usize) {
+    let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let (heap, index) = size_per_row(&mut client, rows);
+    println!(
+        "bytes_per_check as inserted, after VACUUM: {:.1} (table {heap:.1}, index {index:.1})",
+        heap + index
+    );
+    let indexes: Vec<String> = client
+        .query(
+            "SELECT i.indexrelid::regclass::text FROM pg_inherits p
+             JOIN pg_index i ON i.indrelid = p.inhrelid AND i.indisprimary
+             WHERE p.inhparent = 'checks'::regclass",
             &[],
         )
         .unwrap()
-        .get(0);
-    bytes as f64 / rows as f64
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for index in indexes {
+        client
+            .batch_execute(&format!("ALTER INDEX {index} SET (fillfactor = 100)"))
+            .unwrap();
+        client
+            .batch_execute(&format!("REINDEX INDEX CONCURRENTLY {index}"))
+            .unwrap();
+    }
+    let (heap, index) = size_per_row(&mut client, rows);
+    println!(
+        "bytes_per_check once the day's index is compacted: {:.1} (table {heap:.1}, index {index:.1})",
+        heap + index
+    );
 }
 
 fn copy_mode(rows: usize) {
     let data = checks(rows, 1000);
-    let copy_url = fresh_database("bench_copy");
-    let copy = copy_rows(&copy_url, &data);
-    assert_eq!(count(&copy_url), rows as i64);
     let sink_url = fresh_database("bench_sink");
     let sink = sink_rows(&sink_url, &data);
     assert_eq!(count(&sink_url), rows as i64);
+    let copy_url = fresh_database("bench_copy");
+    let copy = copy_rows(&sink_url, &copy_url);
+    assert_eq!(count(&copy_url), rows as i64);
     let copy_rate = rows as f64 / copy.as_secs_f64();
     let sink_rate = rows as f64 / sink.as_secs_f64();
     println!("rows={rows}");
@@ -275,14 +293,44 @@ fn copy_mode(rows: usize) {
         copy.as_secs_f64()
     );
     println!(
-        "sink_rows_per_second={sink_rate:.0} ({:.2}s)",
+        "sink_rows_per_second={sink_rate:.0} ({:.2}s), rollups and incidents included",
         sink.as_secs_f64()
     );
     println!("sink / copy = {:.2}", sink_rate / copy_rate);
-    println!(
-        "bytes_per_check (table + indexes, after VACUUM) = {:.0}",
-        size_per_row(&sink_url, rows)
-    );
+    print_sizes(&sink_url, rows);
+}
+
+/// A process's command name and CPU seconds (user + system, its reaped children's
+/// included), from /proc/PID/stat.
+fn stat_cpu(path: &std::path::Path) -> Option<(String, f64)> {
+    const TICKS: f64 = 100.0; // USER_HZ on Linux
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    // After the name come state (field 3 of proc_pid_stat(5)) ... utime, stime, cutime,
+    // cstime (fields 14-17).
+    let ticks: u64 = stat[close + 2..]
+        .split(' ')
+        .skip(11)
+        .take(4)
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .sum();
+    Some((stat[open + 1..close].to_owned(), ticks as f64 / TICKS))
+}
+
+fn cpu_of(pid: u32) -> Option<f64> {
+    stat_cpu(&std::path::PathBuf::from(format!("/proc/{pid}/stat"))).map(|(_, cpu)| cpu)
+}
+
+/// CPU seconds so far of the processes whose command name starts with `name`. PostgreSQL's
+/// backends and workers that exited meanwhile are in the postmaster's children's time.
+fn cpu_seconds(name: &str) -> f64 {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| stat_cpu(&entry.path().join("stat")))
+        .filter(|(command, _)| command.starts_with(name))
+        .map(|(_, cpu)| cpu)
+        .sum()
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -387,6 +435,20 @@ fn consume_mode(messages: usize) {
     );
 }
 
+/// Checks stored so far, from the daily rollups: a count of the raw rows would cost
+/// PostgreSQL a scan every half second, and the CPU measured here is the point.
+fn stored_by_rollups(url: &str) -> i64 {
+    postgres::Client::connect(url, postgres::NoTls)
+        .and_then(|mut c| {
+            c.query_one(
+                "SELECT coalesce(sum(checks), 0)::int8 FROM rollups_daily",
+                &[],
+            )
+        })
+        .map(|r| r.get(0))
+        .unwrap_or(-1)
+}
+
 fn backlog_mode(messages: usize) {
     let brokers = std::env::var("KAFKA_BROKERS")
         .expect("KAFKA_BROKERS: run this through scripts/bench-writer");
@@ -402,41 +464,63 @@ fn backlog_mode(messages: usize) {
         ),
     )
     .unwrap();
+    let (broker_cpu, postgres_cpu) = (cpu_seconds("tansu"), cpu_seconds("postgres"));
     let mut writer = std::process::Command::new(env!("CARGO_BIN_EXE_pipe"))
         .args(["run", file.to_str().unwrap(), "--log-level", "warn"])
         .spawn()
         .unwrap();
     let started = Instant::now();
-    let (mut peak, mut samples) = (0_u64, Vec::new());
+    let (mut peak, mut samples, mut pipe_cpu) = (0_u64, 0, 0.0);
     loop {
         std::thread::sleep(Duration::from_millis(500));
         let rss = rss_kib(writer.id()).unwrap_or(0);
         peak = peak.max(rss);
-        let stored = count(&url);
-        if samples.len() % 10 == 0 {
+        pipe_cpu = cpu_of(writer.id()).unwrap_or(pipe_cpu);
+        let stored = stored_by_rollups(&url);
+        if samples % 10 == 0 {
             println!(
                 "t={}s stored={stored} rss_mib={:.1}",
                 started.elapsed().as_secs(),
                 rss as f64 / 1024.0
             );
         }
-        samples.push((started.elapsed().as_secs(), stored, rss));
+        samples += 1;
         if stored >= messages as i64 || started.elapsed() > Duration::from_secs(900) {
             break;
         }
     }
     let elapsed = started.elapsed();
+    let (broker_cpu, postgres_cpu) = (
+        cpu_seconds("tansu") - broker_cpu,
+        cpu_seconds("postgres") - postgres_cpu,
+    );
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &writer.id().to_string()])
         .status();
     let _ = writer.wait();
     let stored = count(&url);
+    let rate = stored as f64 / elapsed.as_secs_f64();
     println!(
-        "messages={messages} stored={stored} in {:.1}s = {:.0} rows/s end to end",
+        "messages={messages} stored={stored} in {:.1}s = {rate:.0} rows/s end to end, rollups and incidents on",
         elapsed.as_secs_f64(),
-        stored as f64 / elapsed.as_secs_f64()
     );
     println!("writer_rss_peak_mib={:.1}", peak as f64 / 1024.0);
+    let per_row = |seconds: f64| seconds * 1e6 / stored as f64;
+    println!(
+        "cpu per row: pipe {:.1} us, broker {:.1} us, postgres {:.1} us",
+        per_row(pipe_cpu),
+        per_row(broker_cpu),
+        per_row(postgres_cpu)
+    );
+    let copy_url = fresh_database("bench_backlog_copy");
+    let copy = copy_rows(&url, &copy_url);
+    let copy_rate = stored as f64 / copy.as_secs_f64();
+    println!(
+        "raw COPY of the same rows into the same table: {copy_rate:.0} rows/s ({:.2}s); writer / COPY = {:.2}",
+        copy.as_secs_f64(),
+        rate / copy_rate
+    );
+    print_sizes(&url, stored as usize);
 }
 
 fn main() {

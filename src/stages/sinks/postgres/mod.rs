@@ -1060,38 +1060,41 @@ impl Sink for PostgresSink {
             let full = events.len() >= self.config.batch_size;
             let wanted = self.config.batch_size.saturating_sub(events.len()).max(1);
             let deadline = batch_started.map(|t| t + self.config.batch_timeout);
-            let cut = tokio::select! {
-                Some(written) = in_flight.next(), if !in_flight.is_empty() => {
-                    let (written, acks): (Written, Vec<AckHandle>) = written?;
-                    stored += written.stored.len() as u64;
-                    dead_lettered += written.dead_letters as u64;
-                    self.metrics.committed(&written);
-                    if written.dead_letters > 0 {
-                        warn!(cx.logger, "rows stored as dead letters"; "count" => written.dead_letters);
+            // A batch that filled up while every slot was busy goes as soon as one is free,
+            // not at its timeout.
+            let cut = full && room
+                || tokio::select! {
+                    Some(written) = in_flight.next(), if !in_flight.is_empty() => {
+                        let (written, acks): (Written, Vec<AckHandle>) = written?;
+                        stored += written.stored.len() as u64;
+                        dead_lettered += written.dead_letters as u64;
+                        self.metrics.committed(&written);
+                        if written.dead_letters > 0 {
+                            warn!(cx.logger, "rows stored as dead letters"; "count" => written.dead_letters);
+                        }
+                        // Committed: now, and only now, the events are done.
+                        for ack in acks {
+                            ack.finish(AckStatus::Delivered);
+                        }
+                        false
                     }
-                    // Committed: now, and only now, the events are done.
-                    for ack in acks {
-                        ack.finish(AckStatus::Delivered);
+                    received = input.recv_many(&mut events, wanted), if input_open && !full => {
+                        if received == 0 {
+                            input_open = false;
+                        } else if batch_started.is_none() {
+                            batch_started = Some(tokio::time::Instant::now());
+                        }
+                        events.len() >= self.config.batch_size || !input_open
                     }
-                    false
-                }
-                received = input.recv_many(&mut events, wanted), if input_open && !full => {
-                    if received == 0 {
-                        input_open = false;
-                    } else if batch_started.is_none() {
-                        batch_started = Some(tokio::time::Instant::now());
+                    // Only with room to send the batch: a passed deadline would otherwise fire again
+                    // and again while every slot is busy.
+                    () = sleep_until_opt(deadline), if deadline.is_some() && room => true,
+                    () = tokio::time::sleep_until(next_maintenance), if in_flight.is_empty() => {
+                        self.with_retries("maintenance", &cx, &cache, maintenance).await?.log(&cx.logger);
+                        next_maintenance = tokio::time::Instant::now() + MAINTENANCE_EVERY;
+                        false
                     }
-                    events.len() >= self.config.batch_size || !input_open
-                }
-                // Only with room to send the batch: a passed deadline would otherwise fire again
-                // and again while every slot is busy.
-                () = sleep_until_opt(deadline), if deadline.is_some() && room => true,
-                () = tokio::time::sleep_until(next_maintenance), if in_flight.is_empty() => {
-                    self.with_retries("maintenance", &cx, &cache, maintenance).await?.log(&cx.logger);
-                    next_maintenance = tokio::time::Instant::now() + MAINTENANCE_EVERY;
-                    false
-                }
-            };
+                };
             // Once the input is closed, what is left goes out as it is.
             let cut = cut || full || !input_open;
             if !cut || events.is_empty() || !room {
