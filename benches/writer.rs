@@ -2,8 +2,8 @@
 //! memory behind a backlog. Needs the local services: run it through `scripts/bench-writer`.
 //!
 //! ```sh
-//! cargo bench --bench writer -- copy --rows 200000
-//! cargo bench --bench writer -- backlog --messages 1000000
+//! cargo bench --bench writer -- copy --rows 200000 [--batch-size 1000]
+//! cargo bench --bench writer -- backlog --messages 1000000 [--batch-size 1000]
 //! cargo bench --bench writer -- consume --messages 200000
 //! ```
 
@@ -178,10 +178,10 @@ impl Source for Emit {
 }
 
 /// The postgres sink storing the same rows, fed as fast as it takes them.
-fn sink_rows(url: &str, rows: &[CheckResult]) -> Duration {
+fn sink_rows(url: &str, rows: &[CheckResult], batch_size: usize) -> Duration {
     let fields: Vec<Fields> = rows.iter().cloned().map(CheckResult::into_fields).collect();
     let config: PostgresSinkConfig = serde_norway::from_str(&format!(
-        "url: '{url}'\nbatch_size: 1000\nbatch_timeout: 200ms\n"
+        "url: '{url}'\nbatch_size: {batch_size}\nbatch_timeout: 200ms\n"
     ))
     .unwrap();
     let logger = slog::Logger::root(slog::Discard, slog::o!());
@@ -277,17 +277,17 @@ fn print_sizes(url: &str, rows: usize) {
     );
 }
 
-fn copy_mode(rows: usize) {
+fn copy_mode(rows: usize, batch_size: usize) {
     let data = checks(rows, 1000);
     let sink_url = fresh_database("bench_sink");
-    let sink = sink_rows(&sink_url, &data);
+    let sink = sink_rows(&sink_url, &data, batch_size);
     assert_eq!(count(&sink_url), rows as i64);
     let copy_url = fresh_database("bench_copy");
     let copy = copy_rows(&sink_url, &copy_url);
     assert_eq!(count(&copy_url), rows as i64);
     let copy_rate = rows as f64 / copy.as_secs_f64();
     let sink_rate = rows as f64 / sink.as_secs_f64();
-    println!("rows={rows}");
+    println!("rows={rows} batch_size={batch_size}");
     println!(
         "copy_rows_per_second={copy_rate:.0} ({:.2}s)",
         copy.as_secs_f64()
@@ -449,7 +449,7 @@ fn stored_by_rollups(url: &str) -> i64 {
         .unwrap_or(-1)
 }
 
-fn backlog_mode(messages: usize) {
+fn backlog_mode(messages: usize, batch_size: usize) {
     let brokers = std::env::var("KAFKA_BROKERS")
         .expect("KAFKA_BROKERS: run this through scripts/bench-writer");
     let topic = format!("bench_backlog_{}", std::process::id());
@@ -460,7 +460,7 @@ fn backlog_mode(messages: usize) {
     std::fs::write(
         &file,
         format!(
-            "sources:\n  checks:\n    type: kafka\n    brokers: {brokers}\n    topics: [{topic}]\n    group: bench\nsinks:\n  db:\n    type: postgres\n    inputs: [checks]\n    url: '{url}'\n    batch_size: 1000\n    batch_timeout: 200ms\n"
+            "sources:\n  checks:\n    type: kafka\n    brokers: {brokers}\n    topics: [{topic}]\n    group: bench\nsinks:\n  db:\n    type: postgres\n    inputs: [checks]\n    url: '{url}'\n    batch_size: {batch_size}\n    batch_timeout: 200ms\n"
         ),
     )
     .unwrap();
@@ -535,12 +535,15 @@ fn main() {
             .map_or(default, |v| v.parse().unwrap())
     };
     match args.first().map(String::as_str) {
-        Some("copy") => copy_mode(number("--rows", 200_000)),
-        Some("backlog") => backlog_mode(number("--messages", 1_000_000)),
+        Some("copy") => copy_mode(number("--rows", 200_000), number("--batch-size", 1000)),
+        Some("backlog") => backlog_mode(
+            number("--messages", 1_000_000),
+            number("--batch-size", 1000),
+        ),
         Some("consume") => consume_mode(number("--messages", 200_000)),
         _ => {
             eprintln!(
-                "usage: writer copy [--rows N] | backlog [--messages N] | consume [--messages N]"
+                "usage: writer copy [--rows N] [--batch-size N] | backlog [--messages N] [--batch-size N] | consume [--messages N]"
             );
             std::process::exit(2);
         }

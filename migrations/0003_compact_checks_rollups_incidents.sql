@@ -260,15 +260,46 @@ RETURN CASE
 END;
 
 -- Latency histograms. Bucket i holds response times in (2^((i-1)/8), 2^(i/8)] milliseconds:
--- the exponential buckets of Prometheus native histograms at schema 3 (base 2^(1/8)), which
--- DDSketch (Masson, Rim and Lee, VLDB 2019) shows keep every quantile within a relative error
--- of (γ-1)/(γ+1) = 4.33% when a bucket is read as 2γ^i/(γ+1). 1 ms is bucket 0, 60 s bucket
--- 127; times outside that range get buckets too (the bound holds for any time above 1 µs).
--- A histogram is an integer array whose lower bound is its first bucket: '[40:42]={3,0,1}'.
+-- the exponential buckets of Prometheus native histograms at schema 3 (base γ = 2^(1/8)),
+-- which DDSketch (Masson, Rim and Lee, VLDB 2019) shows keep every quantile within a relative
+-- error of (γ-1)/(γ+1) = 4.33% when a bucket is read as 2γ^i/(γ+1). 1 ms is bucket 0, 60 s
+-- bucket 127; shorter and longer times have buckets too, from -80 (0 µs) to 169. A histogram
+-- is an integer array whose lower bound is its first bucket: '[40:42]={3,0,1}'.
+--
+-- Times are whole microseconds, so a bucket is found in a table of integer bounds (the lowest
+-- time of buckets -79 to 169, floor(1000·2^((i-1)/8)) + 1), the same table the writer uses
+-- (`src/stages/sinks/postgres/rollups.rs`; a test compares them): no floating point decides a
+-- bucket, on either side.
 CREATE FUNCTION pipe_latency_bucket(response_time_us integer) RETURNS integer
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-RETURN ceil(8 * ln(greatest(response_time_us, 1) / 1000.0::double precision)
-            / ln(2::double precision))::integer;
+-- BOUNDS
+RETURN -80 + width_bucket(response_time_us, '{
+    1, 2, 2, 2, 2, 2, 2, 2, 2, 3,
+    3, 3, 3, 4, 4, 4, 4, 5, 5, 6,
+    6, 7, 7, 8, 8, 9, 10, 11, 12, 13,
+    14, 15, 16, 18, 19, 21, 23, 25, 27, 29,
+    32, 35, 38, 41, 45, 49, 53, 58, 63, 69,
+    75, 82, 89, 97, 106, 115, 126, 137, 149, 163,
+    177, 193, 211, 230, 251, 273, 298, 325, 354, 386,
+    421, 459, 501, 546, 595, 649, 708, 772, 841, 918,
+    1001, 1091, 1190, 1297, 1415, 1543, 1682, 1835, 2001, 2182,
+    2379, 2594, 2829, 3085, 3364, 3669, 4001, 4363, 4757, 5188,
+    5657, 6169, 6728, 7337, 8001, 8725, 9514, 10375, 11314, 12338,
+    13455, 14673, 16001, 17449, 19028, 20750, 22628, 24676, 26909, 29345,
+    32001, 34897, 38055, 41499, 45255, 49351, 53818, 58689, 64001, 69793,
+    76110, 82998, 90510, 98702, 107635, 117377, 128001, 139585, 152219, 165996,
+    181020, 197403, 215270, 234754, 256001, 279170, 304438, 331991, 362039, 394806,
+    430539, 469507, 512001, 558340, 608875, 663982, 724078, 789612, 861078, 939013,
+    1024001, 1116680, 1217749, 1327964, 1448155, 1579224, 1722156, 1878025, 2048001, 2233360,
+    2435497, 2655928, 2896310, 3158448, 3444312, 3756049, 4096001, 4466720, 4870993, 5311855,
+    5792619, 6316896, 6888624, 7512098, 8192001, 8933440, 9741985, 10623710, 11585238, 12633792,
+    13777247, 15024195, 16384001, 17866879, 19483970, 21247420, 23170476, 25267583, 27554494, 30048389,
+    32768001, 35733758, 38967939, 42494839, 46340951, 50535165, 55108988, 60096777, 65536001, 71467515,
+    77935878, 84989678, 92681901, 101070329, 110217975, 120193554, 131072001, 142935030, 155871755, 169979355,
+    185363801, 202140658, 220435950, 240387108, 262144001, 285870060, 311743510, 339958709, 370727601, 404281315,
+    440871900, 480774216, 524288001, 571740119, 623487020, 679917417, 741455201, 808562630, 881743800, 961548432,
+    1048576001, 1143480237, 1246974040, 1359834833, 1482910401, 1617125259, 1763487600, 1923096864, 2097152001
+}'::integer[]);
 
 -- The value a bucket stands for, in milliseconds.
 CREATE FUNCTION pipe_latency_bucket_ms(bucket integer) RETURNS double precision
@@ -379,8 +410,9 @@ $$;
 
 -- Per target and UTC hour, and per target and UTC day: what its checks did. Maintained by the
 -- postgres sink in the transaction that stores the checks, from the rows that transaction
--- inserted; `pipe rollups rebuild` recomputes them from the raw checks. Response times count
--- only the checks that got a response.
+-- inserted (`src/stages/sinks/postgres/rollups.rs`); `pipe rollups rebuild` recomputes them
+-- from the raw checks. The down_* columns count checks by pipe_down_cause (http_503 in
+-- down_http_5xx); response times count only the checks that got a response.
 CREATE TABLE rollups_hourly (
     target_id                integer NOT NULL,
     bucket                   timestamptz NOT NULL,
@@ -415,121 +447,6 @@ CREATE TABLE rollups_daily (LIKE rollups_hourly INCLUDING DEFAULTS INCLUDING CON
 -- Reports over a range for every target, and rollup_retention's deletes.
 CREATE INDEX rollups_hourly_bucket ON rollups_hourly (bucket);
 CREATE INDEX rollups_daily_bucket ON rollups_daily (bucket);
-
--- What a set of checks adds to a rollup, for the sink's upserts and for the rebuild: one
--- definition, so the two cannot disagree.
-CREATE FUNCTION pipe_rollup_delta(rows checks[]) RETURNS TABLE (
-    target_id integer, hour timestamptz, checks integer, up_checks integer,
-    down_timeout integer, down_dns integer, down_connect integer, down_tls integer,
-    down_too_many_redirects integer, down_body_too_large integer, down_other integer,
-    down_http_1xx integer, down_http_2xx integer, down_http_3xx integer, down_http_4xx integer,
-    down_http_5xx integer, down_regex_mismatch integer, down_latency integer,
-    down_certificate integer, responses integer, response_time_sum_us bigint,
-    response_time_min_us integer, response_time_max_us integer, latency_histogram integer[])
-LANGUAGE sql STABLE PARALLEL SAFE
-BEGIN ATOMIC
-    SELECT c.target_id, date_trunc('hour', c.checked_at, 'UTC'),
-           count(*), count(*) FILTER (WHERE c.up),
-           count(*) FILTER (WHERE c.cause = 'timeout'),
-           count(*) FILTER (WHERE c.cause = 'dns'),
-           count(*) FILTER (WHERE c.cause = 'connect'),
-           count(*) FILTER (WHERE c.cause = 'tls'),
-           count(*) FILTER (WHERE c.cause = 'too_many_redirects'),
-           count(*) FILTER (WHERE c.cause = 'body_too_large'),
-           count(*) FILTER (WHERE c.cause = 'other'),
-           count(*) FILTER (WHERE c.cause LIKE 'http\_1%'),
-           count(*) FILTER (WHERE c.cause LIKE 'http\_2%'),
-           count(*) FILTER (WHERE c.cause LIKE 'http\_3%'),
-           count(*) FILTER (WHERE c.cause LIKE 'http\_4%'),
-           count(*) FILTER (WHERE c.cause LIKE 'http\_5%'),
-           count(*) FILTER (WHERE c.cause = 'regex_mismatch'),
-           count(*) FILTER (WHERE c.cause = 'latency'),
-           count(*) FILTER (WHERE c.cause = 'certificate'),
-           count(*) FILTER (WHERE c.status_code IS NOT NULL),
-           coalesce(sum(c.response_time_us) FILTER (WHERE c.status_code IS NOT NULL), 0),
-           min(c.response_time_us) FILTER (WHERE c.status_code IS NOT NULL),
-           max(c.response_time_us) FILTER (WHERE c.status_code IS NOT NULL),
-           coalesce(pipe_histogram(pipe_latency_bucket(c.response_time_us))
-                        FILTER (WHERE c.status_code IS NOT NULL), '{}')
-    -- OFFSET 0 keeps the subquery whole, so each row's cause is worked out once, not once
-    -- per FILTER (five times faster).
-    FROM (SELECT r.*, pipe_down_cause(r.up, r.error_kind, r.status_code, r.regex_matched,
-                                      r.latency_class, r.cert_expires_soon) AS cause
-          FROM unnest(rows) AS r OFFSET 0) AS c
-    GROUP BY 1, 2
-    ORDER BY 1, 2;
-END;
-
--- Adds what `rows` hold to rollups_hourly and rollups_daily: one delta per hour, summed per
--- day, in key order so that concurrent writers lock rows in one order.
-CREATE FUNCTION pipe_add_rollups(rows checks[]) RETURNS void
-LANGUAGE sql VOLATILE
-BEGIN ATOMIC
-    WITH delta AS MATERIALIZED (
-        SELECT * FROM pipe_rollup_delta(rows)
-    ), hourly AS (
-        INSERT INTO rollups_hourly AS r
-        SELECT * FROM delta ORDER BY target_id, hour
-        ON CONFLICT (target_id, bucket) DO UPDATE SET
-        checks = r.checks + excluded.checks,
-        up_checks = r.up_checks + excluded.up_checks,
-        down_timeout = r.down_timeout + excluded.down_timeout,
-        down_dns = r.down_dns + excluded.down_dns,
-        down_connect = r.down_connect + excluded.down_connect,
-        down_tls = r.down_tls + excluded.down_tls,
-        down_too_many_redirects = r.down_too_many_redirects + excluded.down_too_many_redirects,
-        down_body_too_large = r.down_body_too_large + excluded.down_body_too_large,
-        down_other = r.down_other + excluded.down_other,
-        down_http_1xx = r.down_http_1xx + excluded.down_http_1xx,
-        down_http_2xx = r.down_http_2xx + excluded.down_http_2xx,
-        down_http_3xx = r.down_http_3xx + excluded.down_http_3xx,
-        down_http_4xx = r.down_http_4xx + excluded.down_http_4xx,
-        down_http_5xx = r.down_http_5xx + excluded.down_http_5xx,
-        down_regex_mismatch = r.down_regex_mismatch + excluded.down_regex_mismatch,
-        down_latency = r.down_latency + excluded.down_latency,
-        down_certificate = r.down_certificate + excluded.down_certificate,
-        responses = r.responses + excluded.responses,
-        response_time_sum_us = r.response_time_sum_us + excluded.response_time_sum_us,
-        response_time_min_us = least(r.response_time_min_us, excluded.response_time_min_us),
-        response_time_max_us = greatest(r.response_time_max_us, excluded.response_time_max_us),
-        latency_histogram = pipe_histogram_merge(r.latency_histogram, excluded.latency_histogram)
-    )
-    INSERT INTO rollups_daily AS r
-    SELECT d.target_id, date_trunc('day', d.hour, 'UTC'), sum(d.checks), sum(d.up_checks),
-           sum(d.down_timeout), sum(d.down_dns), sum(d.down_connect), sum(d.down_tls),
-           sum(d.down_too_many_redirects), sum(d.down_body_too_large), sum(d.down_other),
-           sum(d.down_http_1xx), sum(d.down_http_2xx), sum(d.down_http_3xx),
-           sum(d.down_http_4xx), sum(d.down_http_5xx), sum(d.down_regex_mismatch),
-           sum(d.down_latency), sum(d.down_certificate), sum(d.responses),
-           sum(d.response_time_sum_us), min(d.response_time_min_us),
-           max(d.response_time_max_us), pipe_histogram_sum(d.latency_histogram)
-    FROM delta AS d
-    GROUP BY 1, 2
-    ORDER BY 1, 2
-    ON CONFLICT (target_id, bucket) DO UPDATE SET
-        checks = r.checks + excluded.checks,
-        up_checks = r.up_checks + excluded.up_checks,
-        down_timeout = r.down_timeout + excluded.down_timeout,
-        down_dns = r.down_dns + excluded.down_dns,
-        down_connect = r.down_connect + excluded.down_connect,
-        down_tls = r.down_tls + excluded.down_tls,
-        down_too_many_redirects = r.down_too_many_redirects + excluded.down_too_many_redirects,
-        down_body_too_large = r.down_body_too_large + excluded.down_body_too_large,
-        down_other = r.down_other + excluded.down_other,
-        down_http_1xx = r.down_http_1xx + excluded.down_http_1xx,
-        down_http_2xx = r.down_http_2xx + excluded.down_http_2xx,
-        down_http_3xx = r.down_http_3xx + excluded.down_http_3xx,
-        down_http_4xx = r.down_http_4xx + excluded.down_http_4xx,
-        down_http_5xx = r.down_http_5xx + excluded.down_http_5xx,
-        down_regex_mismatch = r.down_regex_mismatch + excluded.down_regex_mismatch,
-        down_latency = r.down_latency + excluded.down_latency,
-        down_certificate = r.down_certificate + excluded.down_certificate,
-        responses = r.responses + excluded.responses,
-        response_time_sum_us = r.response_time_sum_us + excluded.response_time_sum_us,
-        response_time_min_us = least(r.response_time_min_us, excluded.response_time_min_us),
-        response_time_max_us = greatest(r.response_time_max_us, excluded.response_time_max_us),
-        latency_histogram = pipe_histogram_merge(r.latency_histogram, excluded.latency_histogram);
-END;
 
 CREATE VIEW availability_hourly AS
 SELECT t.name AS target, r.bucket, r.checks, r.up_checks,

@@ -19,6 +19,8 @@ use std::time::SystemTime;
 
 use postgres::GenericClient;
 
+use super::StoredCheck;
+
 /// When a series goes down and up again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
@@ -156,15 +158,6 @@ pub fn replay(
     (state, changed)
 }
 
-/// A stored check of a series.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    /// Whose check it is.
-    pub series: Series,
-    /// What it says.
-    pub outcome: Outcome,
-}
-
 /// The states of `series`, created where missing and locked until the transaction ends.
 pub fn lock_states(
     tx: &mut impl GenericClient,
@@ -220,78 +213,79 @@ pub fn lock_states(
         .collect())
 }
 
-/// The latest good check of `series` before `before` that no incident covers: the machine's
-/// state right after it is clean. `None` when there is none.
-fn anchor(
+/// Rewinds each series to the clean state before its time: its latest good check before then
+/// that no incident covers (the machine's state right after one is clean), or its beginning.
+/// Forgets the incidents that started after that point, and returns the states to replay the
+/// later checks from. One statement for each step, however many series.
+pub fn rewind(
     tx: &mut impl GenericClient,
-    series: Series,
-    before: SystemTime,
-) -> Result<Option<SystemTime>, postgres::Error> {
-    let row = tx.query_opt(
-        "SELECT c.checked_at FROM checks c
-         WHERE c.target_id = $1 AND c.region_id = $2 AND c.checked_at < $3 AND c.up
-           AND NOT EXISTS (
-               SELECT 1 FROM target_incidents i
-               WHERE i.target_id = $1 AND i.region_id = $2 AND i.started_at <= c.checked_at
-                 AND (i.closed_at IS NULL OR c.checked_at < i.closed_at))
-         ORDER BY c.checked_at DESC LIMIT 1",
-        &[&series.0, &series.1, &before],
-    )?;
-    Ok(row.map(|r| r.get(0)))
-}
-
-/// The stored checks of `series` after `after` (all of them for `None`), up to `until`.
-pub fn outcomes(
-    tx: &mut impl GenericClient,
-    series: Series,
-    after: Option<SystemTime>,
-    until: Option<SystemTime>,
-) -> Result<Vec<Outcome>, postgres::Error> {
+    before: &[(Series, SystemTime)],
+) -> Result<HashMap<Series, State>, postgres::Error> {
+    if before.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let targets: Vec<i32> = before.iter().map(|(s, _)| s.0).collect();
+    let regions: Vec<i16> = before.iter().map(|(s, _)| s.1).collect();
+    let times: Vec<SystemTime> = before.iter().map(|(_, t)| *t).collect();
     let rows = tx.query(
-        "SELECT checked_at, pipe_down_cause(up, error_kind, status_code, regex_matched,
-                                            latency_class, cert_expires_soon)
-         FROM checks
-         WHERE target_id = $1 AND region_id = $2
-           AND ($3::timestamptz IS NULL OR checked_at > $3)
-           AND ($4::timestamptz IS NULL OR checked_at < $4)
-         ORDER BY checked_at",
-        &[&series.0, &series.1, &after, &until],
+        "SELECT a.t, a.r, (
+             SELECT c.checked_at FROM checks c
+             WHERE c.target_id = a.t AND c.region_id = a.r AND c.checked_at < a.before AND c.up
+               AND NOT EXISTS (
+                   SELECT 1 FROM target_incidents i
+                   WHERE i.target_id = a.t AND i.region_id = a.r AND i.started_at <= c.checked_at
+                     AND (i.closed_at IS NULL OR c.checked_at < i.closed_at))
+             ORDER BY c.checked_at DESC LIMIT 1)
+         FROM unnest($1::int4[], $2::int2[], $3::timestamptz[]) AS a(t, r, before)",
+        &[&targets, &regions, &times],
+    )?;
+    let anchors: Vec<Option<SystemTime>> = rows.iter().map(|r| r.get(2)).collect();
+    tx.execute(
+        "DELETE FROM target_incidents i
+         USING unnest($1::int4[], $2::int2[], $3::timestamptz[]) AS a(t, r, after)
+         WHERE i.target_id = a.t AND i.region_id = a.r
+           AND (a.after IS NULL OR i.started_at > a.after)",
+        &[&targets, &regions, &anchors],
     )?;
     Ok(rows
         .iter()
-        .map(|r| Outcome {
-            at: r.get(0),
-            cause: r.get(1),
-        })
+        .map(|r| ((r.get(0), r.get(1)), State::clean(r.get(2))))
         .collect())
 }
 
-/// Forgets the incidents of `series` that started after `after` (all for `None`), ahead of a
-/// replay that writes them again.
-fn forget_after(
+/// The stored checks of each series after its time (all of them for `None`), up to `until`.
+pub fn outcomes(
     tx: &mut impl GenericClient,
-    series: Series,
-    after: Option<SystemTime>,
-) -> Result<(), postgres::Error> {
-    tx.execute(
-        "DELETE FROM target_incidents
-         WHERE target_id = $1 AND region_id = $2
-           AND ($3::timestamptz IS NULL OR started_at > $3)",
-        &[&series.0, &series.1, &after],
-    )?;
-    Ok(())
-}
-
-/// Rewinds `series` to the clean state before `at`: forgets its incidents from there, and
-/// returns the state to replay the checks after the anchor from.
-pub fn rewind(
-    tx: &mut impl GenericClient,
-    series: Series,
-    at: SystemTime,
-) -> Result<State, postgres::Error> {
-    let from = anchor(tx, series, at)?;
-    forget_after(tx, series, from)?;
-    Ok(State::clean(from))
+    after: &[(Series, Option<SystemTime>)],
+    until: Option<SystemTime>,
+) -> Result<BTreeMap<Series, Vec<Outcome>>, postgres::Error> {
+    let mut found: BTreeMap<Series, Vec<Outcome>> = BTreeMap::new();
+    if after.is_empty() {
+        return Ok(found);
+    }
+    let targets: Vec<i32> = after.iter().map(|(s, _)| s.0).collect();
+    let regions: Vec<i16> = after.iter().map(|(s, _)| s.1).collect();
+    let times: Vec<Option<SystemTime>> = after.iter().map(|(_, t)| *t).collect();
+    for row in tx.query(
+        "SELECT c.target_id, c.region_id, c.checked_at,
+                pipe_down_cause(c.up, c.error_kind, c.status_code, c.regex_matched,
+                                c.latency_class, c.cert_expires_soon)
+         FROM unnest($1::int4[], $2::int2[], $3::timestamptz[]) AS a(t, r, after)
+         JOIN checks c ON c.target_id = a.t AND c.region_id = a.r
+              AND (a.after IS NULL OR c.checked_at > a.after)
+              AND ($4::timestamptz IS NULL OR c.checked_at < $4)
+         ORDER BY 1, 2, 3",
+        &[&targets, &regions, &times, &until],
+    )? {
+        found
+            .entry((row.get(0), row.get(1)))
+            .or_default()
+            .push(Outcome {
+                at: row.get(2),
+                cause: row.get(3),
+            });
+    }
+    Ok(found)
 }
 
 /// Writes incidents and states.
@@ -378,29 +372,41 @@ pub fn save(
 pub fn add(
     tx: &mut impl GenericClient,
     thresholds: Thresholds,
-    stored: &[Stored],
+    stored: &[StoredCheck],
 ) -> Result<(), postgres::Error> {
     if stored.is_empty() {
         return Ok(());
     }
     let mut by_series: BTreeMap<Series, Vec<Outcome>> = BTreeMap::new();
     for check in stored {
-        by_series
-            .entry(check.series)
-            .or_default()
-            .push(check.outcome.clone());
+        by_series.entry(check.series).or_default().push(Outcome {
+            at: check.at,
+            cause: check.cause.clone(),
+        });
     }
     let series: Vec<Series> = by_series.keys().copied().collect();
     let mut states = lock_states(tx, &series)?;
+    // Series given a check older than what they have seen: replayed from a clean state
+    // before it, with every stored check since.
+    let late: Vec<(Series, SystemTime)> = by_series
+        .iter()
+        .filter_map(|(series, checks)| {
+            let earliest = checks.iter().map(|c| c.at).min()?;
+            let last = states.get(series).and_then(|s| s.last)?;
+            (earliest <= last).then_some((*series, earliest))
+        })
+        .collect();
+    let rewound = rewind(tx, &late)?;
+    let from: Vec<(Series, Option<SystemTime>)> =
+        rewound.iter().map(|(s, state)| (*s, state.last)).collect();
+    let mut replays = outcomes(tx, &from, None)?;
+    states.extend(rewound);
     let (mut changed, mut saved) = (Vec::new(), Vec::with_capacity(series.len()));
     for (series, mut checks) in by_series {
-        checks.sort_by_key(|c| c.at);
         let mut state = states.remove(&series).unwrap_or_default();
-        let earliest = checks[0].at;
-        if state.last.is_some_and(|last| earliest <= last) {
-            // Older than what the series has seen: replay it from a clean state before.
-            state = rewind(tx, series, earliest)?;
-            checks = outcomes(tx, series, state.last, None)?;
+        match replays.remove(&series) {
+            Some(replay) => checks = replay,
+            None => checks.sort_by_key(|c| c.at),
         }
         let mut touched = BTreeMap::new();
         for check in &checks {

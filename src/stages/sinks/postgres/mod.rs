@@ -53,6 +53,7 @@ mod dimensions;
 pub mod incidents;
 mod maintenance;
 pub mod rebuild;
+pub mod rollups;
 
 use dimensions::CheckerKey;
 use incidents::Thresholds;
@@ -454,29 +455,54 @@ impl From<r2d2::Error> for WriteError {
     }
 }
 
-/// Inserts a batch's checks, adds those inserted (not those already there) to the rollups in
-/// the same statement, and returns them for the incidents.
+/// Inserts a batch's checks and returns those inserted (not those already there), with what
+/// the rollups and incidents need of them.
 const INSERT_CHECKS: &str = "\
-WITH inserted AS (
-    INSERT INTO checks (checked_at, target_id, start_delay_ms, response_time_us, dns_us,
-        connect_us, tls_us, first_byte_us, transfer_us, body_bytes, remote_port, tls_id,
-        error_kind, latency_class, region_id, checker_id, status_code, http_version, up,
-        regex_matched, cert_expires_soon, remote_ip, check_id, error_message, captures)
-    SELECT * FROM unnest($1::timestamptz[], $2::int4[], $3::int4[], $4::int4[], $5::int4[],
-        $6::int4[], $7::int4[], $8::int4[], $9::int4[], $10::int4[], $11::int4[], $12::int4[],
-        $13::text[]::check_error_kind[], $14::text[]::check_latency_class[], $15::int2[],
-        $16::int2[], $17::int2[], $18::int2[], $19::bool[], $20::bool[], $21::bool[],
-        $22::inet[], $23::uuid[], $24::text[], $25::jsonb[])
-    ON CONFLICT DO NOTHING
-    RETURNING checks
-), rollups AS (
-    SELECT pipe_add_rollups(array_agg(inserted.checks)) FROM inserted
-)
-SELECT (i.checks).target_id, (i.checks).region_id, (i.checks).checked_at,
-       pipe_down_cause((i.checks).up, (i.checks).error_kind, (i.checks).status_code,
-                       (i.checks).regex_matched, (i.checks).latency_class,
-                       (i.checks).cert_expires_soon)
-FROM inserted i CROSS JOIN rollups";
+INSERT INTO checks (checked_at, target_id, start_delay_ms, response_time_us, dns_us,
+    connect_us, tls_us, first_byte_us, transfer_us, body_bytes, remote_port, tls_id,
+    error_kind, latency_class, region_id, checker_id, status_code, http_version, up,
+    regex_matched, cert_expires_soon, remote_ip, check_id, error_message, captures)
+SELECT * FROM unnest($1::timestamptz[], $2::int4[], $3::int4[], $4::int4[], $5::int4[],
+    $6::int4[], $7::int4[], $8::int4[], $9::int4[], $10::int4[], $11::int4[], $12::int4[],
+    $13::text[]::check_error_kind[], $14::text[]::check_latency_class[], $15::int2[],
+    $16::int2[], $17::int2[], $18::int2[], $19::bool[], $20::bool[], $21::bool[],
+    $22::inet[], $23::uuid[], $24::text[], $25::jsonb[])
+ON CONFLICT DO NOTHING
+RETURNING target_id, region_id, checked_at, up,
+    pipe_down_cause(up, error_kind, status_code, regex_matched, latency_class, cert_expires_soon),
+    status_code IS NOT NULL, response_time_us";
+
+/// A check a transaction stored, as the rollups and incidents see it.
+#[derive(Debug, Clone)]
+pub struct StoredCheck {
+    /// Its target and region.
+    pub series: incidents::Series,
+    /// Its slot (`checked_at`).
+    pub at: SystemTime,
+    /// Whether it was up.
+    pub up: bool,
+    /// From `pipe_down_cause`; `None` when up.
+    pub cause: Option<String>,
+    /// Whether a response arrived (a status code): only those count in response times.
+    pub responded: bool,
+    /// Its response time, in microseconds.
+    pub response_time_us: i32,
+}
+
+impl StoredCheck {
+    /// From the columns target_id, region_id, checked_at, up, cause, responded,
+    /// response_time_us.
+    fn from_row(row: &postgres::Row) -> Self {
+        Self {
+            series: (row.get(0), row.get(1)),
+            at: row.get(2),
+            up: row.get(3),
+            cause: row.get(4),
+            responded: row.get(5),
+            response_time_us: row.get(6),
+        }
+    }
+}
 
 const UPSERT_TARGETS: &str = "\
 INSERT INTO targets (name, url, method, regex)
@@ -500,12 +526,12 @@ struct Ids {
 }
 
 /// Inserts `rows` (all of whose targets, TLS details, checkers and regions have ids) with one
-/// statement, rollups included; returns the checks stored (not those already there).
+/// statement; returns the checks stored (not those already there).
 fn insert_checks(
     client: &mut impl postgres::GenericClient,
     rows: &[&Row],
     ids: &Ids,
-) -> Result<Vec<incidents::Stored>, postgres::Error> {
+) -> Result<Vec<StoredCheck>, postgres::Error> {
     macro_rules! column {
         ($field:ident) => {
             rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
@@ -551,16 +577,7 @@ fn insert_checks(
             &column!(captures),
         ],
     )?;
-    Ok(stored
-        .iter()
-        .map(|row| incidents::Stored {
-            series: (row.get(0), row.get(1)),
-            outcome: incidents::Outcome {
-                at: row.get(2),
-                cause: row.get(3),
-            },
-        })
-        .collect())
+    Ok(stored.iter().map(StoredCheck::from_row).collect())
 }
 
 fn insert_dead_letters(
@@ -724,12 +741,13 @@ fn write_batch(
             return write_rows_one_by_one(cache, batch, ids, thresholds, &mut client);
         }
     };
+    rollups::add(&mut tx, &stored)?;
     incidents::add(&mut tx, thresholds, &stored)?;
     insert_dead_letters(&mut tx, &batch.dead)?;
     tx.commit()?;
     cache.lock().expect("not poisoned").targets.extend(fresh);
     Ok(Written {
-        stored: stored.iter().map(|s| s.outcome.at).collect(),
+        stored: stored.iter().map(|s| s.at).collect(),
         dead_letters: batch.dead.len(),
         committed_at: SystemTime::now(),
     })
@@ -853,12 +871,13 @@ fn write_rows_one_by_one(
             }
         }
     }
+    rollups::add(&mut tx, &stored)?;
     incidents::add(&mut tx, thresholds, &stored)?;
     insert_dead_letters(&mut tx, &dead)?;
     tx.commit()?;
     cache.lock().expect("not poisoned").targets.extend(fresh);
     Ok(Written {
-        stored: stored.iter().map(|s| s.outcome.at).collect(),
+        stored: stored.iter().map(|s| s.at).collect(),
         dead_letters: dead.len(),
         committed_at: SystemTime::now(),
     })

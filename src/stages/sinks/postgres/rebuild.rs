@@ -3,7 +3,7 @@
 //!
 //! One transaction per UTC day, oldest first, so that a rebuild of years holds no lock and no
 //! memory for long and can be stopped and run again: each day's rollups are deleted and
-//! recomputed with the sink's own SQL (`pipe_add_rollups`), and each series' incidents are
+//! summed again by the sink's own code (`rollups::add`), and each series' incidents are
 //! replayed through the sink's state machine, its state carried from day to day. Each day's
 //! transaction holds the rebuild lock exclusively, which every batch of a running writer
 //! shares: writers wait for a day to finish, then go on from what it left.
@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use postgres::GenericClient;
 
 use super::incidents::{self, Incident, Outcome, Series, State, Thresholds};
-use super::{date_of_day, day_of, REBUILD_LOCK};
+use super::{date_of_day, day_of, rollups, StoredCheck, REBUILD_LOCK};
 
 /// Targets whose checks of one day are read at once (by id range): bounds the memory of
 /// a day with thousands of targets.
@@ -96,10 +96,16 @@ pub fn run(
         let mut chunk = low;
         while chunk <= high {
             let next = chunk.saturating_add(TARGETS_PER_READ);
-            let range = (chunk, next, from, until);
-            summary.checks += add_rollups(&mut tx, range)?;
-            summary.incidents +=
-                replay_incidents(&mut tx, range, date_of_day(start), thresholds, &mut states)?;
+            let checks = read(&mut tx, (chunk, next, from, until))?;
+            summary.checks += checks.len() as u64;
+            rollups::add(&mut tx, &checks)?;
+            summary.incidents += replay_incidents(
+                &mut tx,
+                &checks,
+                date_of_day(start),
+                thresholds,
+                &mut states,
+            )?;
             chunk = next;
         }
         tx.commit()?;
@@ -116,47 +122,38 @@ pub fn run(
 /// Target ids `[.0, .1)` and slots `[.2, .3)` (no end for `None`).
 type Range = (i32, i32, SystemTime, Option<SystemTime>);
 
-const IN_RANGE: &str = "target_id >= $1 AND target_id < $2 AND checked_at >= $3
-                        AND ($4::timestamptz IS NULL OR checked_at < $4)";
-
-fn add_rollups(tx: &mut impl GenericClient, range: Range) -> Result<u64, postgres::Error> {
-    let row = tx.query_one(
-        &format!(
-            "WITH rows AS (SELECT array_agg(c) AS rows FROM checks c WHERE {IN_RANGE})
-             SELECT coalesce(cardinality(rows), 0)::int8, pipe_add_rollups(rows)::text
-             FROM rows"
-        ),
-        &[&range.0, &range.1, &range.2, &range.3],
-    )?;
-    Ok(row.get::<_, i64>(0) as u64)
+/// The stored checks in `range`, by series and slot.
+fn read(tx: &mut impl GenericClient, range: Range) -> Result<Vec<StoredCheck>, postgres::Error> {
+    Ok(tx
+        .query(
+            "SELECT target_id, region_id, checked_at, up,
+                    pipe_down_cause(up, error_kind, status_code, regex_matched, latency_class,
+                                    cert_expires_soon),
+                    status_code IS NOT NULL, response_time_us
+             FROM checks
+             WHERE target_id >= $1 AND target_id < $2 AND checked_at >= $3
+               AND ($4::timestamptz IS NULL OR checked_at < $4)
+             ORDER BY target_id, region_id, checked_at",
+            &[&range.0, &range.1, &range.2, &range.3],
+        )?
+        .iter()
+        .map(StoredCheck::from_row)
+        .collect())
 }
 
 fn replay_incidents(
     tx: &mut impl GenericClient,
-    range: Range,
+    checks: &[StoredCheck],
     start: SystemTime,
     thresholds: Thresholds,
     states: &mut HashMap<Series, State>,
 ) -> Result<u64, postgres::Error> {
-    let rows = tx.query(
-        &format!(
-            "SELECT target_id, region_id, checked_at,
-                    pipe_down_cause(up, error_kind, status_code, regex_matched, latency_class,
-                                    cert_expires_soon)
-             FROM checks WHERE {IN_RANGE}
-             ORDER BY target_id, region_id, checked_at"
-        ),
-        &[&range.0, &range.1, &range.2, &range.3],
-    )?;
     let mut by_series: BTreeMap<Series, Vec<Outcome>> = BTreeMap::new();
-    for row in &rows {
-        by_series
-            .entry((row.get(0), row.get(1)))
-            .or_default()
-            .push(Outcome {
-                at: row.get(2),
-                cause: row.get(3),
-            });
+    for check in checks {
+        by_series.entry(check.series).or_default().push(Outcome {
+            at: check.at,
+            cause: check.cause.clone(),
+        });
     }
     if by_series.is_empty() {
         return Ok(0);
@@ -164,22 +161,24 @@ fn replay_incidents(
     let series: Vec<Series> = by_series.keys().copied().collect();
     // Creates the state rows a database upgraded from migration 2 does not have yet.
     incidents::lock_states(tx, &series)?;
+    // Series met for the first time: from a clean state before the first rebuilt day, with
+    // the checks between it and that day.
+    let first_seen: Vec<(Series, SystemTime)> = series
+        .iter()
+        .filter(|s| !states.contains_key(s))
+        .map(|s| (*s, start))
+        .collect();
+    let rewound = incidents::rewind(tx, &first_seen)?;
+    let from: Vec<(Series, Option<SystemTime>)> =
+        rewound.iter().map(|(s, state)| (*s, state.last)).collect();
+    let mut before = incidents::outcomes(tx, &from, Some(start))?;
+    states.extend(rewound);
     let mut changed: Vec<(Series, Incident)> = Vec::new();
     let mut saved = Vec::with_capacity(series.len());
     for (series, checks) in by_series {
         let mut touched = BTreeMap::new();
-        let mut state = match states.remove(&series) {
-            Some(state) => state,
-            None => {
-                // The checks between the clean anchor and the first rebuilt day.
-                let mut state = incidents::rewind(tx, series, start)?;
-                for check in &incidents::outcomes(tx, series, state.last, Some(start))? {
-                    state.apply(check, thresholds, &mut touched);
-                }
-                state
-            }
-        };
-        for check in &checks {
+        let mut state = states.remove(&series).unwrap_or_default();
+        for check in before.remove(&series).iter().flatten().chain(&checks) {
             state.apply(check, thresholds, &mut touched);
         }
         changed.extend(touched.into_values().map(|i| (series, i)));
