@@ -4,6 +4,7 @@
 //!
 //! ```sh
 //! cargo bench --bench history -- query [--targets 1000] [--days 30]
+//! cargo bench --bench history -- report [--targets 1000] [--days 30]
 //! ```
 
 use std::time::{Duration, Instant};
@@ -144,6 +145,74 @@ fn query_mode(targets: i32, days: i32) {
     }
 }
 
+/// `pipe report` over the generated rollups, in each format: the whole command, best of 3.
+fn report_mode(targets: i32, days: i32) {
+    let url = fresh_database("bench_report");
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    generate_rollups(&mut client, targets, days);
+    // Five incidents a target, and a day of raw checks for each one's last result.
+    client
+        .batch_execute(&format!(
+            "INSERT INTO target_incidents (target_id, region_id, started_at, confirmed_at,
+                                           ended_at, closed_at, failed_checks, cause)
+             SELECT t, 0, now() - k * interval '5 days', now() - k * interval '5 days',
+                    now() - k * interval '5 days' + interval '12 minutes',
+                    now() - k * interval '5 days' + interval '12 minutes', 24, 'timeout'
+             FROM generate_series(1, {targets}) t, generate_series(1, 5) k"
+        ))
+        .unwrap();
+    let first: std::time::SystemTime = client
+        .query_one("SELECT now() - interval '1 day'", &[])
+        .unwrap()
+        .get(0);
+    client
+        .execute(
+            "SELECT pipe_ensure_check_partition(d::date)
+             FROM generate_series(($1::timestamptz - interval '1 day') AT TIME ZONE 'UTC',
+                                  (now() + interval '1 day') AT TIME ZONE 'UTC', interval '1 day') d",
+            &[&first],
+        )
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO checks (checked_at, target_id, start_delay_ms, response_time_us, up,
+                                 status_code)
+             SELECT $1::timestamptz + s * interval '30 s', t, 1, 120000, true, 200
+             FROM generate_series(0, 2879) s, generate_series(1, $2::int4) t",
+            &[&first, &targets],
+        )
+        .unwrap();
+    client.batch_execute("VACUUM ANALYZE").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["table", "json", "html"] {
+        let file = dir.path().join(format!("report.{format}"));
+        let runs: Vec<Duration> = (0..3)
+            .map(|_| {
+                let started = Instant::now();
+                let status = std::process::Command::new(env!("CARGO_BIN_EXE_pipe"))
+                    .args([
+                        "report",
+                        "--database-url",
+                        &url,
+                        "--since",
+                        &format!("{days}d"),
+                    ])
+                    .args(["--format", format, "--output", file.to_str().unwrap()])
+                    .args(["--log-level", "warn"])
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+                started.elapsed()
+            })
+            .collect();
+        let size = std::fs::metadata(&file).unwrap().len();
+        println!(
+            "pipe report, {targets} targets over {days} days, {format}: {:.0} ms (best of 3; {size} bytes)",
+            runs.iter().min().unwrap().as_secs_f64() * 1000.0
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -157,8 +226,9 @@ fn main() {
     };
     match args.first().map(String::as_str) {
         Some("query") => query_mode(number("--targets", 1000), number("--days", 30)),
+        Some("report") => report_mode(number("--targets", 1000), number("--days", 30)),
         _ => {
-            eprintln!("usage: history query [--targets N] [--days N]");
+            eprintln!("usage: history query|report [--targets N] [--days N]");
             std::process::exit(2);
         }
     }

@@ -244,6 +244,24 @@ pub mod rfc3339_millis {
         humantime::parse_rfc3339_weak(&text)
             .map_err(|e| de::Error::custom(format!("invalid RFC 3339 time `{text}`: {e}")))
     }
+
+    /// `Option<SystemTime>` the same way, `None` as null.
+    pub mod option {
+        use std::time::SystemTime;
+
+        use serde::Serializer;
+
+        /// Serializes `time` as the schema writes it, or null.
+        pub fn serialize<S: Serializer>(
+            time: &Option<SystemTime>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match time {
+                Some(time) => super::serialize(time, serializer),
+                None => serializer.serialize_none(),
+            }
+        }
+    }
 }
 
 /// `SystemTime` as RFC 3339 in UTC to the second, e.g. `2027-03-01T12:00:00Z`: certificate

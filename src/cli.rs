@@ -74,6 +74,28 @@ enum Command {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
+    /// Report uptime, response times and incidents from the rollups: a table, JSON, or a
+    /// self-contained HTML page.
+    Report {
+        /// The PostgreSQL URL (libpq style, `sslmode` and `sslrootcert` understood).
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Start of the range: a duration before --until (7d, 24h) or an RFC 3339 time.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// End of the range, an RFC 3339 time. Default: now.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this target (repeatable). Default: all.
+        #[arg(long = "target", value_name = "NAME")]
+        targets: Vec<String>,
+        /// What to write.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Maintain the rollups and incidents that the postgres sink keeps.
     Rollups {
         #[command(subcommand)]
@@ -87,6 +109,16 @@ enum Command {
     },
     /// Print the manual page (roff): `pipe man > /usr/local/share/man/man1/pipe.1`.
     Man,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    /// One row per target, worst first, for a terminal.
+    Table,
+    /// Every figure, per target and per bucket (docs/report.md).
+    Json,
+    /// One self-contained page with charts.
+    Html,
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +169,25 @@ pub fn main(registry: Registry) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Command::Migrate { database_url } => migrate(&logger, &database_url).await,
+            Command::Report {
+                database_url,
+                since,
+                until,
+                targets,
+                format,
+                output,
+            } => {
+                report(
+                    &logger,
+                    &database_url,
+                    &since,
+                    until.as_deref(),
+                    targets,
+                    format,
+                    output,
+                )
+                .await
+            }
             Command::Rollups {
                 command:
                     RollupsCommand::Rebuild {
@@ -384,6 +435,102 @@ async fn rebuild_rollups(
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--since`: a duration before `until`, or an RFC 3339 time.
+fn parse_since(text: &str, until: std::time::SystemTime) -> Result<std::time::SystemTime, String> {
+    match duration::parse(text) {
+        Ok(ago) => until
+            .checked_sub(ago)
+            .ok_or_else(|| format!("--since {text} is before the epoch")),
+        Err(_) => humantime::parse_rfc3339_weak(text).map_err(|e| {
+            format!("--since `{text}` is neither a duration (7d, 24h) nor an RFC 3339 time: {e}")
+        }),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn report(
+    logger: &slog::Logger,
+    url: &str,
+    since: &str,
+    until: Option<&str>,
+    targets: Vec<String>,
+    format: ReportFormat,
+    output: Option<PathBuf>,
+) -> ExitCode {
+    use std::io::IsTerminal;
+    let fail = |message: String| {
+        error!(logger, "{message}");
+        ExitCode::FAILURE
+    };
+    let database = match crate::database::Database::from_url(url) {
+        Ok(database) => database,
+        Err(message) => return fail(message),
+    };
+    let until = match until {
+        None => std::time::SystemTime::now(),
+        Some(text) => match humantime::parse_rfc3339_weak(text) {
+            Ok(until) => until,
+            Err(e) => return fail(format!("--until `{text}` is not an RFC 3339 time: {e}")),
+        },
+    };
+    let since = match parse_since(since, until) {
+        Ok(since) => since,
+        Err(message) => return fail(message),
+    };
+    let target = database.to_string();
+    let options = crate::report::Options {
+        since,
+        until,
+        targets,
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let mut client = database.connect().map_err(|e| {
+            format!(
+                "cannot reach the database {target}: {}",
+                crate::database::describe(&e)
+            )
+        })?;
+        crate::report::load(&mut client, &options).map_err(|e| format!("{e} (database {target})"))
+    })
+    .await;
+    let report = match result {
+        Ok(Ok(report)) => report,
+        Ok(Err(message)) => return fail(message),
+        Err(e) => return fail(format!("the report task failed: {e}")),
+    };
+    let to_terminal = output.is_none() && std::io::stdout().is_terminal();
+    let text = match format {
+        ReportFormat::Table => crate::report::table::render(
+            &report,
+            to_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        ),
+        ReportFormat::Json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => json + "\n",
+            Err(e) => return fail(format!("cannot write the report as JSON: {e}")),
+        },
+        ReportFormat::Html => crate::report::html::render(&report),
+    };
+    match output {
+        None => {
+            use std::io::Write as _;
+            let mut stdout = std::io::stdout().lock();
+            if let Err(e) = stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                return fail(format!("cannot write the report: {e}"));
+            }
+        }
+        Some(path) => {
+            if let Err(e) = std::fs::write(&path, text) {
+                return fail(format!("cannot write {}: {e}", path.display()));
+            }
+            info!(logger, "report written"; "file" => %path.display(), "targets" => report.targets.len());
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// A one-line progress bar on standard error, drawn only when it is a terminal.

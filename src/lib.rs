@@ -15,6 +15,8 @@
 //!   schema v1), [`schedule`] and [`libcurl`] (the checker's timing and transfers), [`kafka`],
 //!   [`database`] and [`migrate`] (the writer's services), [`secrets`], [`throttle`]
 //!   (warnings that repeat while a fault lasts);
+//! - [`report`] turns the writer's rollups and incidents into `pipe report`'s table, JSON and
+//!   HTML;
 //! - [`cli`] is the `pipe` command line, which other crates call with their own registry to
 //!   ship stages of their own (see `examples/custom_stage.rs`).
 //!
@@ -93,6 +95,7 @@ pub mod libcurl;
 pub mod logging;
 pub mod migrate;
 pub mod registry;
+pub mod report;
 pub mod schedule;
 pub mod secrets;
 pub mod stage;

@@ -122,6 +122,7 @@ fn the_github_workflow_runs_ci_and_the_dependency_policy() {
         "graphviz",
         "socat",
         "prometheus",
+        "PIPE_CHROMIUM",
         "~/.cache/pipe-tools",
         "target",
     ] {

@@ -56,10 +56,10 @@ pub fn latency_bucket(us: i32) -> i32 {
     FIRST_BUCKET + UPPER_US.partition_point(|&upper| upper < us) as i32
 }
 
-/// The time a bucket stands for, in milliseconds: 2γ^i/(γ+1).
+/// The time a bucket stands for, in milliseconds: 2γ^i/(γ+1), computed as
+/// `pipe_latency_bucket_ms` computes it.
 pub fn bucket_ms(bucket: i32) -> f64 {
-    let gamma = 2f64.powf(1.0 / 8.0);
-    2.0 * gamma.powi(bucket) / (1.0 + gamma)
+    2.0 * 2f64.powf(f64::from(bucket) / 8.0) / (1.0 + 2f64.powf(1.0 / 8.0))
 }
 
 /// A histogram of buckets, from its first non-empty one.
@@ -85,6 +85,41 @@ impl Histogram {
             self.counts.resize(at + 1, 0);
         }
         self.counts[at] += 1;
+    }
+
+    /// From an array read from PostgreSQL: its lower bound (the first bucket) and its counts.
+    pub fn from_parts(first: i32, counts: Vec<i32>) -> Self {
+        Self { first, counts }
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (i, n) in other.counts.iter().enumerate() {
+            if *n != 0 {
+                let bucket = other.first + i as i32;
+                self.add(bucket);
+                let at = (bucket - self.first) as usize;
+                self.counts[at] += n - 1;
+            }
+        }
+    }
+
+    /// The q-quantile (0 < q ≤ 1) in milliseconds, as `pipe_histogram_quantile` reads it: the
+    /// bucket of the ceil(q·n)-th smallest time. `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total: i64 = self.counts.iter().map(|n| i64::from(*n)).sum();
+        if total == 0 {
+            return None;
+        }
+        let wanted = ((q * total as f64).ceil() as i64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.counts.iter().enumerate() {
+            seen += i64::from(*n);
+            if seen >= wanted {
+                return Some(bucket_ms(self.first + i as i32));
+            }
+        }
+        Some(bucket_ms(self.first + self.counts.len() as i32 - 1))
     }
 
     /// As PostgreSQL reads an array whose lower bound is the first bucket: `[40:42]={3,0,1}`.
@@ -357,6 +392,30 @@ mod tests {
             h.add(bucket);
         }
         assert_eq!(h.to_sql(), "[40:44]={1,0,2,0,1}");
+    }
+
+    #[test]
+    fn merged_histograms_read_as_one() {
+        let mut a = Histogram::default();
+        let mut b = Histogram::default();
+        let mut both = Histogram::default();
+        for (i, us) in [900, 1500, 250_000, 80_000, 80_000, 3_000_000]
+            .iter()
+            .enumerate()
+        {
+            let bucket = latency_bucket(*us);
+            if i % 2 == 0 {
+                a.add(bucket)
+            } else {
+                b.add(bucket)
+            }
+            both.add(bucket);
+        }
+        a.merge(&b);
+        assert_eq!(a, both);
+        assert_eq!(a.quantile(0.5), Some(bucket_ms(latency_bucket(80_000))));
+        assert_eq!(a.quantile(1.0), Some(bucket_ms(latency_bucket(3_000_000))));
+        assert_eq!(Histogram::default().quantile(0.5), None);
     }
 
     #[test]
