@@ -2,8 +2,9 @@
 //!
 //! Events are cut into batches by `batch_size` and `batch_timeout`; each batch is one
 //! transaction: its targets, its checks (one `INSERT … SELECT FROM unnest(…)` with
-//! `ON CONFLICT DO NOTHING`, so a check delivered twice is stored once) and its dead letters.
-//! Events are acknowledged only after the commit.
+//! `ON CONFLICT DO NOTHING`, so a check delivered twice is stored once), what the checks it
+//! actually inserted add to the hourly and daily rollups (`rollups`) and to the incidents
+//! (`incidents`), and its dead letters. Events are acknowledged only after the commit.
 //!
 //! Transient failures (connection lost, server shutting down or out of connections,
 //! serialization failure, deadlock) are retried with capped exponential backoff, acknowledging
@@ -17,8 +18,10 @@
 //! closure. Such work cannot be cancelled; the connection and statement timeouts bound it.
 //!
 //! The schema is `migrations/` (applied at start with `migrate: true`). The sink creates the
-//! daily partitions of `checks` ahead of time and for any day a batch needs, and with
-//! `retention` drops whole partitions once they are older.
+//! daily partitions of `checks` ahead of time and for any day a batch needs, and its hourly
+//! `maintenance` drops partitions past `retention`, compacts finished days' indexes and
+//! deletes rollups past `rollup_retention`. `rebuild` (`pipe rollups rebuild`) recomputes
+//! rollups and incidents with the same code.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
