@@ -352,13 +352,17 @@ fn graph(registry: &Registry, logger: &slog::Logger, file: PathBuf) -> ExitCode 
     }
 }
 
+/// The database of `--database-url`, or `None` when the URL is wrong (said, without its
+/// password).
+fn database_from(logger: &slog::Logger, url: &str) -> Option<crate::database::Database> {
+    crate::database::Database::from_url(url)
+        .map_err(|message| error!(logger, "{message}"))
+        .ok()
+}
+
 async fn migrate(logger: &slog::Logger, url: &str) -> ExitCode {
-    let database = match crate::database::Database::from_url(url) {
-        Ok(database) => database,
-        Err(message) => {
-            error!(logger, "{message}");
-            return ExitCode::FAILURE;
-        }
+    let Some(database) = database_from(logger, url) else {
+        return ExitCode::FAILURE;
     };
     let target = database.to_string();
     // The sync client must not run on a runtime thread.
@@ -394,12 +398,8 @@ async fn rebuild_rollups(
     since: Option<Duration>,
     thresholds: Thresholds,
 ) -> ExitCode {
-    let database = match crate::database::Database::from_url(url) {
-        Ok(database) => database,
-        Err(message) => {
-            error!(logger, "{message}");
-            return ExitCode::FAILURE;
-        }
+    let Some(database) = database_from(logger, url) else {
+        return ExitCode::FAILURE;
     };
     let target = database.to_string();
     let started = std::time::Instant::now();
@@ -464,9 +464,8 @@ async fn report(
         error!(logger, "{message}");
         ExitCode::FAILURE
     };
-    let database = match crate::database::Database::from_url(url) {
-        Ok(database) => database,
-        Err(message) => return fail(message),
+    let Some(database) = database_from(logger, url) else {
+        return ExitCode::FAILURE;
     };
     let until = match until {
         None => std::time::SystemTime::now(),

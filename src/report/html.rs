@@ -87,33 +87,27 @@ fn class_of(availability: f64) -> &'static str {
     }
 }
 
-/// Where a bucket starts along the chart, 0–CHART_WIDTH.
-fn x_of(report: &Report, at: SystemTime) -> f64 {
-    let span = report
+/// The range's length in seconds (at least 1).
+fn span_seconds(report: &Report) -> f64 {
+    report
         .until
         .duration_since(report.since)
         .unwrap_or_default()
         .as_secs_f64()
-        .max(1.0);
+        .max(1.0)
+}
+
+/// Where a bucket starts along the chart, 0–CHART_WIDTH.
+fn x_of(report: &Report, at: SystemTime) -> f64 {
     let offset = at
         .duration_since(report.since)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
-    (offset / span * CHART_WIDTH).clamp(0.0, CHART_WIDTH)
+    (offset / span_seconds(report) * CHART_WIDTH).clamp(0.0, CHART_WIDTH)
 }
 
 fn bucket_width(report: &Report) -> f64 {
-    let span = report
-        .until
-        .duration_since(report.since)
-        .unwrap_or_default()
-        .as_secs_f64()
-        .max(1.0);
-    let seconds = match report.bucket {
-        super::BucketSize::Hour => 3600.0,
-        super::BucketSize::Day => 86_400.0,
-    };
-    (seconds / span * CHART_WIDTH).max(1.0)
+    (report.bucket.seconds() as f64 / span_seconds(report) * CHART_WIDTH).max(1.0)
 }
 
 fn latency_chart(out: &mut String, report: &Report, series: &[BucketReport]) {
