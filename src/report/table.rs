@@ -9,6 +9,8 @@ use super::{format_ms, human_duration, Report, TargetReport};
 /// The widest the table gets.
 pub const WIDTH: usize = 100;
 const TARGET_WIDTH: usize = 24;
+/// What is left of [`WIDTH`] for the last result, after the other columns (83 characters).
+const LAST_WIDTH: usize = WIDTH - 83;
 
 const RED: &str = "\x1b[31m";
 const YELLOW: &str = "\x1b[33m";
@@ -94,7 +96,7 @@ pub fn render(report: &Report, colour: bool) -> String {
             u if u < 99.9 => paint(uptime, YELLOW),
             _ => paint(uptime, GREEN),
         };
-        let last_text = fit(&last(target, report.until), 19);
+        let last_text = fit(&last(target, report.until), LAST_WIDTH);
         let last_text = match &target.last {
             Some(l) if !l.up => paint(last_text, RED),
             _ => last_text,
@@ -133,8 +135,15 @@ mod tests {
             last: Some(LastResult {
                 at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 - 12),
                 up: false,
-                status_code: Some(503),
-                cause: Some("http_503".into()),
+                status_code: (name != "redirects").then_some(503),
+                cause: Some(
+                    if name == "redirects" {
+                        "too_many_redirects"
+                    } else {
+                        "http_503"
+                    }
+                    .into(),
+                ),
                 response_time_ms: 35.0,
             }),
             incidents: vec![],
@@ -156,6 +165,7 @@ mod tests {
                     20_159,
                 ),
                 target("shop", 2880, 2800),
+                target("redirects", 99_999_999, 0),
             ],
         };
         let plain = render(&report, false);
