@@ -521,3 +521,44 @@ async fn maintenance_keeps_rollups_for_rollup_retention_and_compacts_finished_da
     assert_eq!(raw, 3 * 288 * 6, "the raw checks keep their own retention");
     assert_eq!(found, 288, "the compacted index still finds a target's day");
 }
+
+#[tokio::test]
+async fn a_late_check_keeps_the_incidents_whose_checks_retention_dropped() {
+    let db = fresh_database("retained").await;
+    let (two_days_ago, yesterday, today) = (
+        day_start(2) + Duration::from_secs(3600),
+        day_start(1) + Duration::from_secs(3600),
+        day_start(0) + Duration::from_secs(60),
+    );
+    let mut checks = scripted("kept", two_days_ago, "ttt.");
+    checks.extend(scripted("kept", today, "ttttt"));
+    store(&db.url, checks, "").await;
+    let before = incidents_by_target(&db.url).await;
+    assert_eq!(before["kept"].len(), 2, "{before:?}");
+    // Retention drops the day of the first incident's checks.
+    let cutoff = day_start(1);
+    with_client(&db.url, move |client| {
+        client
+            .execute(
+                "SELECT pipe_drop_check_partitions_before(($1::timestamptz AT TIME ZONE 'UTC')::date)",
+                &[&cutoff],
+            )
+            .unwrap();
+    })
+    .await;
+    // A late failure from yesterday: no good check before it is left, so the series replays
+    // from its oldest stored check.
+    store(&db.url, scripted("kept", yesterday, "t"), "").await;
+    let after = &incidents_by_target(&db.url).await["kept"];
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(
+        after[0], before["kept"][0],
+        "the incident of dropped checks is kept"
+    );
+    assert_eq!(
+        after[1].started_at, yesterday,
+        "the open one starts at the late failure"
+    );
+    assert_eq!(after[1].failed_checks, 6);
+    assert_eq!(after[1].ended_at, None);
+}

@@ -216,7 +216,9 @@ pub fn lock_states(
 /// Rewinds each series to the clean state before its time: its latest good check before then
 /// that no incident covers (the machine's state right after one is clean), or its beginning.
 /// Forgets the incidents that started after that point, and returns the states to replay the
-/// later checks from. One statement for each step, however many series.
+/// later checks from. One statement for each step, however many series. Rewound to its
+/// beginning, a series keeps the incidents older than its oldest stored check: their checks
+/// are gone (`retention`), and a replay could not write them again.
 pub fn rewind(
     tx: &mut impl GenericClient,
     before: &[(Series, SystemTime)],
@@ -235,17 +237,21 @@ pub fn rewind(
                    SELECT 1 FROM target_incidents i
                    WHERE i.target_id = a.t AND i.region_id = a.r AND i.started_at <= c.checked_at
                      AND (i.closed_at IS NULL OR c.checked_at < i.closed_at))
-             ORDER BY c.checked_at DESC LIMIT 1)
+             ORDER BY c.checked_at DESC LIMIT 1),
+             (SELECT min(c.checked_at) FROM checks c WHERE c.target_id = a.t AND c.region_id = a.r)
          FROM unnest($1::int4[], $2::int2[], $3::timestamptz[]) AS a(t, r, before)",
         &[&targets, &regions, &times],
     )?;
     let anchors: Vec<Option<SystemTime>> = rows.iter().map(|r| r.get(2)).collect();
+    let oldest: Vec<Option<SystemTime>> = rows.iter().map(|r| r.get(3)).collect();
     tx.execute(
         "DELETE FROM target_incidents i
-         USING unnest($1::int4[], $2::int2[], $3::timestamptz[]) AS a(t, r, after)
+         USING unnest($1::int4[], $2::int2[], $3::timestamptz[], $4::timestamptz[])
+             AS a(t, r, after, oldest)
          WHERE i.target_id = a.t AND i.region_id = a.r
-           AND (a.after IS NULL OR i.started_at > a.after)",
-        &[&targets, &regions, &anchors],
+           AND CASE WHEN a.after IS NULL THEN i.started_at >= a.oldest
+                    ELSE i.started_at > a.after END",
+        &[&targets, &regions, &anchors, &oldest],
     )?;
     Ok(rows
         .iter()
