@@ -400,19 +400,22 @@ fn produce_checks(brokers: &str, topic: &str, messages: usize) {
 /// The broker's raw consume rate: a fresh group reads every message of a fresh topic from
 /// offset 0 with a bare librdkafka consumer (no decoding, no sink), what bounds the writer from
 /// the broker's side.
-fn consume_mode(messages: usize) {
+fn consume_mode(messages: usize, fetch_wait_ms: Option<usize>) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let brokers = std::env::var("KAFKA_BROKERS")
         .expect("KAFKA_BROKERS: run this through scripts/bench-writer");
     let topic = format!("bench_consume_{}", std::process::id());
     produce_checks(&brokers, &topic, messages);
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+    let mut config = rdkafka::ClientConfig::new();
+    config
         .set("bootstrap.servers", &brokers)
         .set("group.id", format!("bench_consume_{}", std::process::id()))
         .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+        .set("enable.auto.commit", "false");
+    if let Some(ms) = fetch_wait_ms {
+        config.set("fetch.wait.max.ms", ms.to_string());
+    }
+    let consumer: BaseConsumer = config.create().unwrap();
     consumer.subscribe(&[&topic]).unwrap();
     let mut started = None;
     let mut received = 0;
@@ -449,7 +452,7 @@ fn stored_by_rollups(url: &str) -> i64 {
         .unwrap_or(-1)
 }
 
-fn backlog_mode(messages: usize, batch_size: usize) {
+fn backlog_mode(messages: usize, batch_size: usize, fetch_wait_ms: Option<usize>) {
     let brokers = std::env::var("KAFKA_BROKERS")
         .expect("KAFKA_BROKERS: run this through scripts/bench-writer");
     let topic = format!("bench_backlog_{}", std::process::id());
@@ -457,10 +460,13 @@ fn backlog_mode(messages: usize, batch_size: usize) {
     let url = fresh_database("bench_backlog");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("writer.yaml");
+    let options = fetch_wait_ms.map_or(String::new(), |ms| {
+        format!("    options:\n      fetch.wait.max.ms: '{ms}'\n")
+    });
     std::fs::write(
         &file,
         format!(
-            "sources:\n  checks:\n    type: kafka\n    brokers: {brokers}\n    topics: [{topic}]\n    group: bench\nsinks:\n  db:\n    type: postgres\n    inputs: [checks]\n    url: '{url}'\n    batch_size: {batch_size}\n    batch_timeout: 200ms\n"
+            "sources:\n  checks:\n    type: kafka\n    brokers: {brokers}\n    topics: [{topic}]\n    group: bench\n{options}sinks:\n  db:\n    type: postgres\n    inputs: [checks]\n    url: '{url}'\n    batch_size: {batch_size}\n    batch_timeout: 200ms\n"
         ),
     )
     .unwrap();
@@ -534,13 +540,20 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .map_or(default, |v| v.parse().unwrap())
     };
+    let optional = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| v.parse().unwrap())
+    };
     match args.first().map(String::as_str) {
         Some("copy") => copy_mode(number("--rows", 200_000), number("--batch-size", 1000)),
         Some("backlog") => backlog_mode(
             number("--messages", 1_000_000),
             number("--batch-size", 1000),
+            optional("--fetch-wait-ms"),
         ),
-        Some("consume") => consume_mode(number("--messages", 200_000)),
+        Some("consume") => consume_mode(number("--messages", 200_000), optional("--fetch-wait-ms")),
         _ => {
             eprintln!(
                 "usage: writer copy [--rows N] [--batch-size N] | backlog [--messages N] [--batch-size N] | consume [--messages N]"

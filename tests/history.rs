@@ -562,3 +562,93 @@ async fn a_late_check_keeps_the_incidents_whose_checks_retention_dropped() {
     assert_eq!(after[1].failed_checks, 6);
     assert_eq!(after[1].ended_at, None);
 }
+
+/// The sink works out each stored check's cause in Rust (`down_cause`) from the columns it
+/// stored; views, reports and the references in these tests use `pipe_down_cause` in SQL. The
+/// two must agree on every combination of their arguments, every error kind included.
+#[tokio::test]
+async fn the_writers_down_cause_is_pipe_down_cause() {
+    let db = fresh_database("cause").await;
+    let (cases, differ) = with_client(&db.url, |client| {
+        pipe::migrate::apply(client).expect("migrate");
+        let kinds: Vec<String> = client
+            .query(
+                "SELECT unnest(enum_range(NULL::check_error_kind))::text",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let latency: Vec<String> = client
+            .query(
+                "SELECT unnest(enum_range(NULL::check_latency_class))::text",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let kinds: Vec<Option<&str>> = std::iter::once(None)
+            .chain(kinds.iter().map(|k| Some(k.as_str())))
+            .collect();
+        let latency: Vec<Option<&str>> = std::iter::once(None)
+            .chain(latency.iter().map(|k| Some(k.as_str())))
+            .collect();
+        let statuses = [
+            None,
+            Some(100),
+            Some(199),
+            Some(200),
+            Some(204),
+            Some(301),
+            Some(399),
+            Some(400),
+            Some(404),
+            Some(503),
+            Some(599),
+        ];
+        let flags = [None, Some(false), Some(true)];
+        let statement = client
+            .prepare(
+                "SELECT pipe_down_cause($1, $2::text::check_error_kind, $3, $4,
+                                        $5::text::check_latency_class, $6)",
+            )
+            .unwrap();
+        let (mut cases, mut differ) = (0, Vec::new());
+        for up in [false, true] {
+            for kind in &kinds {
+                for status in statuses {
+                    for regex in flags {
+                        for class in &latency {
+                            for cert in flags {
+                                let sql: Option<String> = client
+                                    .query_one(
+                                        &statement,
+                                        &[&up, kind, &status, &regex, class, &cert],
+                                    )
+                                    .unwrap()
+                                    .get(0);
+                                let rust = pipe::stages::sinks::postgres::down_cause(
+                                    up, *kind, status, regex, *class, cert,
+                                );
+                                cases += 1;
+                                if sql != rust {
+                                    differ.push(format!(
+                                        "{up} {kind:?} {status:?} {regex:?} {class:?} {cert:?}: \
+                                         SQL {sql:?}, Rust {rust:?}"
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (cases, differ)
+    })
+    .await;
+    println!("{cases} combinations, {} differ", differ.len());
+    assert!(cases > 1000, "{cases}");
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}

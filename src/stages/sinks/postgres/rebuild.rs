@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use postgres::GenericClient;
 
 use super::incidents::{self, Incident, Outcome, Series, State, Thresholds};
-use super::{date_of_day, day_of, rollups, StoredCheck, REBUILD_LOCK};
+use super::{date_of_day, day_of, rollups, StoredCheck, REBUILD_LOCK, STORED_CHECK_COLUMNS};
 
 /// Targets whose checks of one day are read at once (by id range): bounds the memory of
 /// a day with thousands of targets.
@@ -126,14 +126,13 @@ type Range = (i32, i32, SystemTime, Option<SystemTime>);
 fn read(tx: &mut impl GenericClient, range: Range) -> Result<Vec<StoredCheck>, postgres::Error> {
     Ok(tx
         .query(
-            "SELECT target_id, region_id, checked_at, up,
-                    pipe_down_cause(up, error_kind, status_code, regex_matched, latency_class,
-                                    cert_expires_soon),
-                    status_code IS NOT NULL, response_time_us
-             FROM checks
-             WHERE target_id >= $1 AND target_id < $2 AND checked_at >= $3
-               AND ($4::timestamptz IS NULL OR checked_at < $4)
-             ORDER BY target_id, region_id, checked_at",
+            &format!(
+                "SELECT target_id, region_id, checked_at, {STORED_CHECK_COLUMNS}
+                 FROM checks
+                 WHERE target_id >= $1 AND target_id < $2 AND checked_at >= $3
+                   AND ($4::timestamptz IS NULL OR checked_at < $4)
+                 ORDER BY target_id, region_id, checked_at"
+            ),
             &[&range.0, &range.1, &range.2, &range.3],
         )?
         .iter()
