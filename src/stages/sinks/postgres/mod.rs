@@ -64,8 +64,12 @@ use incidents::Thresholds;
 
 type PgPool = Pool<PostgresConnectionManager<MakeTlsConnector>>;
 
+/// Large enough that a backlog's batches hold several checks of each target: a batch's
+/// rollups and incident states cost per target, not per check. Behind a backlog of 1,000,000
+/// checks of 1,000 targets the writer stored 39,868 a second at 1000, 55,471 at 2000 and
+/// 92,800 at 5000. Live, `batch_timeout` cuts batches long before.
 fn default_batch_size() -> usize {
-    1000
+    5000
 }
 fn default_batch_timeout() -> Duration {
     Duration::from_millis(200)
@@ -95,7 +99,7 @@ fn default_up_after() -> u32 {
 pub struct PostgresSinkConfig {
     /// libpq-style URL: `postgres://user:password@host:port/db?sslmode=require&sslrootcert=ca.pem`.
     pub url: String,
-    /// Most events in one transaction. Default 1000.
+    /// Most events in one transaction. Default 5000.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// Longest wait for a batch to fill once it has its first event. Default `200ms`.
