@@ -110,6 +110,13 @@ async fn results_wait_for_a_broker_that_starts_late() {
     let port = http::closed_port();
     let brokers = format!("127.0.0.1:{port}");
     let topic = support::unique_name("late");
+    // The broker, with the topic, is down when the pipeline starts, and has the topic the moment
+    // it is back (its storage keeps it). Creating the topic only after the broker came up left
+    // a moment when the sink's start-up check, still waiting for its first answer, could be
+    // told the topic does not exist, and fail as it should for a missing topic.
+    let mut broker = support::PrivateBroker::start(port);
+    support::create_topic_on(&broker.brokers, &topic, 1).await;
+    broker.stop();
     let yaml = format!(
         "\
 sources:
@@ -134,8 +141,7 @@ sinks:
         "the sink must wait for the broker, not give up"
     );
 
-    let broker = support::PrivateBroker::start(port);
-    support::create_topic_on(&broker.brokers, &topic, 1).await;
+    broker.resume();
     // The source has finished; the pipeline ends once the broker has confirmed all 25.
     tokio::time::timeout(Duration::from_secs(60), async {
         while !running.is_finished() {
