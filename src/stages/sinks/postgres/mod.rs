@@ -829,14 +829,9 @@ fn write_batch(
             .copied()
             .filter(|d| !cache.days.contains(d))
             .collect();
-        let mut seen = HashSet::new();
         let mut changed = Vec::new();
         let mut ids = HashMap::new();
-        for target in batch
-            .targets
-            .iter()
-            .filter(|t| seen.insert(t.name.as_str()))
-        {
+        for target in &batch.targets {
             match cache.targets.get(&target.name) {
                 Some((id, known)) if known == target => {
                     ids.insert(target.name.clone(), *id);
@@ -980,13 +975,7 @@ fn write_rows_one_by_one(
 ) -> Result<Written, WriteError> {
     let mut tx = client.transaction()?;
     hold_rebuild_lock(&mut tx)?;
-    let mut seen = HashSet::new();
-    let mut targets: Vec<TargetRow> = batch
-        .targets
-        .iter()
-        .filter(|t| seen.insert(t.name.as_str()))
-        .cloned()
-        .collect();
+    let mut targets = batch.targets.clone();
     let fresh = upsert_targets(&mut tx, &mut targets)?;
     let ids = Ids {
         targets: fresh
