@@ -120,7 +120,7 @@ fn the_github_workflow_runs_ci_and_the_dependency_policy() {
         "bash .ci/run",
         "postgresql",
         "graphviz",
-        "socat",
+        "maven",
         "prometheus",
         "PIPE_CHROMIUM",
         "~/.cache/pipe-tools",

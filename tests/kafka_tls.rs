@@ -1,119 +1,84 @@
-//! Kafka over TLS with client certificates, as Aiven does it, locally: a private tansu behind a
-//! TLS-terminating proxy (socat's OPENSSL-LISTEN from Debian's package, requiring a client
-//! certificate signed by the test CA), tansu advertising the proxy's address. tansu 0.6.0's own
-//! TLS flags cannot be used: its argument parser refuses `--cert` and `--key` together.
+//! Kafka over TLS as Aiven offers it, on the local Apache Kafka's own listeners
+//! (`scripts/dev-services`): SSL requiring a client certificate signed by the local CA
+//! (`ssl.client.auth=required`), and SASL_SSL with a SCRAM user. Both serve a certificate for
+//! `localhost` only, so a client that connects by address fails host-name verification.
 
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pipe::topology::RunOptions;
-use support::{http, pipeline, tls, unique_name};
+use support::{pipeline, tls, unique_name};
 
-/// The certificates of one test: a CA, the broker's ("localhost"), a client's, and a second CA
-/// that signed nothing here.
-struct Certificates {
+/// What `scripts/dev-services env` says of the broker's TLS listeners.
+struct Listeners {
+    ssl: String,
+    sasl: String,
+    ca: String,
+    client_cert: String,
+    client_key: String,
+    user: String,
+    password: String,
+    /// A CA that signed nothing here, and a folder for the test's files.
     dir: tempfile::TempDir,
 }
 
-impl Certificates {
-    fn new() -> Self {
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: this test needs the local Apache Kafka's TLS listeners; run it with scripts/test")
+    })
+}
+
+impl Listeners {
+    fn from_env() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, pem: Vec<u8>| std::fs::write(dir.path().join(name), pem).unwrap();
-        let ca_key = tls::key();
-        let ca = tls::certificate("pipe test CA", &ca_key, None, true);
-        let server_key = tls::key();
-        let server = tls::certificate("localhost", &server_key, Some((&ca, &ca_key)), false);
-        let client_key = tls::key();
-        let client = tls::certificate("pipe-client", &client_key, Some((&ca, &ca_key)), false);
         let other_key = tls::key();
         let other = tls::certificate("another CA", &other_key, None, true);
-        write("ca.pem", ca.to_pem().unwrap());
-        write("server.pem", server.to_pem().unwrap());
-        write("server.key", server_key.private_key_to_pem_pkcs8().unwrap());
-        write("client.pem", client.to_pem().unwrap());
-        write("client.key", client_key.private_key_to_pem_pkcs8().unwrap());
-        write("other-ca.pem", other.to_pem().unwrap());
-        Self { dir }
+        std::fs::write(dir.path().join("other-ca.pem"), other.to_pem().unwrap()).unwrap();
+        let listeners = Self {
+            ssl: var("KAFKA_SSL_BROKERS"),
+            sasl: var("KAFKA_SASL_BROKERS"),
+            ca: var("KAFKA_CA"),
+            client_cert: var("KAFKA_CLIENT_CERT"),
+            client_key: var("KAFKA_CLIENT_KEY"),
+            user: var("KAFKA_SASL_USERNAME"),
+            password: var("KAFKA_SASL_PASSWORD"),
+            dir,
+        };
+        // Fails loudly, naming the listener, when the broker is not there.
+        support::kafka_brokers();
+        listeners
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+    fn other_ca(&self) -> PathBuf {
+        self.dir.path().join("other-ca.pem")
     }
 
-    /// The `options:` of a stage that connects with `ca` and, if given, the client pair.
-    fn options(&self, ca: &str, client: bool) -> String {
+    /// The `options:` of a stage on the SSL listener, trusting `ca`, with or without the
+    /// client's certificate.
+    fn ssl_options(&self, ca: &Path, client: bool) -> String {
         let mut options = format!(
             "    options:\n      security.protocol: ssl\n      ssl.ca.location: '{}'\n",
-            self.path(ca).display()
+            ca.display()
         );
         if client {
             options.push_str(&format!(
                 "      ssl.certificate.location: '{}'\n      ssl.key.location: '{}'\n",
-                self.path("client.pem").display(),
-                self.path("client.key").display()
+                self.client_cert, self.client_key
             ));
         }
         options
     }
-}
 
-/// socat terminating TLS on 127.0.0.1:`port` in front of 127.0.0.1:`upstream`, requiring a
-/// client certificate signed by `ca`.
-struct TlsProxy(Child);
-
-impl TlsProxy {
-    fn start(port: u16, upstream: u16, certificates: &Certificates) -> Self {
-        let listen = format!(
-            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},cafile={},verify=1",
-            certificates.path("server.pem").display(),
-            certificates.path("server.key").display(),
-            certificates.path("ca.pem").display(),
-        );
-        let child = Command::new("socat")
-            .args([&listen, &format!("TCP:127.0.0.1:{upstream}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat (Debian's socat package, installed by scripts/test)");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "socat did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self(child)
-    }
-}
-
-impl Drop for TlsProxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A broker reachable only over TLS, at `localhost:PORT`, with one topic.
-struct TlsCluster {
-    _broker: support::PrivateBroker,
-    _proxy: TlsProxy,
-    port: u16,
-    topic: String,
-}
-
-fn tls_cluster(certificates: &Certificates) -> TlsCluster {
-    let (port, upstream) = (http::closed_port(), http::closed_port());
-    let broker = support::PrivateBroker::start_advertising(upstream, &format!("localhost:{port}"));
-    let topic = unique_name("tls");
-    broker.create_topic(&topic, 3);
-    let proxy = TlsProxy::start(port, upstream, certificates);
-    TlsCluster {
-        _broker: broker,
-        _proxy: proxy,
-        port,
-        topic,
+    /// The `options:` of a stage on the SASL_SSL listener with SCRAM-SHA-512 and `password`.
+    fn sasl_options(&self, password: &str) -> String {
+        format!(
+            "    options:\n      security.protocol: sasl_ssl\n      ssl.ca.location: '{}'\n      \
+             sasl.mechanism: SCRAM-SHA-512\n      sasl.username: {}\n      sasl.password: '{password}'\n",
+            self.ca, self.user
+        )
     }
 }
 
@@ -138,21 +103,18 @@ sinks:
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_checker_and_the_writer_deliver_over_tls_with_client_certificates() {
+/// The checker's sink writes `N` results through `brokers`, and the writer's source reads them
+/// back through the same listener.
+async fn round_trip(brokers: &str, options: &str, how: &str) {
     const N: u32 = 200;
-    let certificates = Certificates::new();
-    let cluster = tokio::task::block_in_place(|| tls_cluster(&certificates));
-    let brokers = format!("localhost:{}", cluster.port);
-    let options = certificates.options("ca.pem", true);
-
+    let topic = support::create_topic("tls", 3).await;
     pipeline::start(
-        &checker_yaml(&brokers, &cluster.topic, &options, N),
+        &checker_yaml(brokers, &topic, options, N),
         RunOptions::default(),
     )
     .wait()
     .await
-    .expect("every result delivered over TLS");
+    .unwrap_or_else(|e| panic!("every result delivered {how}: {e}"));
 
     let channel = unique_name("tls");
     let mut seen = pipeline::capture(&channel);
@@ -162,7 +124,7 @@ sources:
   kafka:
     type: kafka
     brokers: {brokers}
-    topics: [{}]
+    topics: [{topic}]
     group: {}
     format: json
 {options}sinks:
@@ -171,19 +133,42 @@ sources:
     inputs: [kafka]
     channel: {channel}
 ",
-        cluster.topic,
         unique_name("group")
     );
     let running = pipeline::start(&writer, RunOptions::default());
     for received in 0..N {
         let (fields, _) = tokio::time::timeout(Duration::from_secs(30), seen.recv())
             .await
-            .unwrap_or_else(|_| panic!("stalled after {received} of {N}"))
+            .unwrap_or_else(|_| panic!("{how}: stalled after {received} of {N}"))
             .unwrap();
         assert_eq!(fields["target"], "tls-site");
     }
     running.stop().await.expect("a clean stop");
-    println!("{N} results through TLS with a client certificate, both ways");
+    println!("{N} results {how}, both ways");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_checker_and_the_writer_deliver_over_tls_with_client_certificates() {
+    let listeners = Listeners::from_env();
+    let options = listeners.ssl_options(Path::new(&listeners.ca), true);
+    round_trip(
+        &listeners.ssl,
+        &options,
+        "through TLS with a client certificate",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_checker_and_the_writer_deliver_over_sasl_ssl_with_scram() {
+    let listeners = Listeners::from_env();
+    let options = listeners.sasl_options(&listeners.password);
+    round_trip(
+        &listeners.sasl,
+        &options,
+        "through SASL_SSL with SCRAM-SHA-512",
+    )
+    .await;
 }
 
 /// Runs the checker pipeline as a process; its exit code and standard error.
@@ -202,38 +187,49 @@ fn run_checker(dir: &Path, yaml: &str) -> (Option<i32>, String) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_wrong_ca_no_client_certificate_or_a_wrong_host_name_is_refused_naming_the_broker() {
-    let certificates = Certificates::new();
-    let cluster = tokio::task::block_in_place(|| tls_cluster(&certificates));
-    let localhost = format!("localhost:{}", cluster.port);
-    let by_address = format!("127.0.0.1:{}", cluster.port);
-    let key = std::fs::read_to_string(certificates.path("client.key")).unwrap();
-    let secret_line = key.lines().nth(1).unwrap().to_owned();
+async fn a_wrong_ca_certificate_host_name_or_password_is_refused_naming_the_broker() {
+    let listeners = Listeners::from_env();
+    let topic = support::create_topic("tls", 1).await;
+    let ca = Path::new(&listeners.ca);
+    // The SSL listener's port, by address instead of by the name its certificate holds.
+    let by_address = listeners.ssl.replace("localhost", "127.0.0.1");
+    let key = std::fs::read_to_string(&listeners.client_key).unwrap();
+    let secrets = [
+        key.lines().nth(1).unwrap().to_owned(),
+        "not-the-password-1234".to_owned(),
+    ];
     let cases = [
         (
             "a wrong CA",
-            &localhost,
-            certificates.options("other-ca.pem", true),
+            &listeners.ssl,
+            listeners.ssl_options(&listeners.other_ca(), true),
             "certificate verify failed",
         ),
         (
             "no client certificate",
-            &localhost,
-            certificates.options("ca.pem", false),
-            "alert certificate required",
+            &listeners.ssl,
+            listeners.ssl_options(ca, false),
+            // Java's TLS answers a missing client certificate with alert 42.
+            "alert bad certificate",
         ),
         (
             "a wrong host name",
             &by_address,
-            certificates.options("ca.pem", true),
+            listeners.ssl_options(ca, true),
             "certificate verify failed",
+        ),
+        (
+            "a wrong SCRAM password",
+            &listeners.sasl,
+            listeners.sasl_options(&secrets[1]),
+            "Authentication failed",
         ),
     ];
     for (case, brokers, options, reason) in cases {
-        let yaml = checker_yaml(brokers, &cluster.topic, &options, 3);
+        let yaml = checker_yaml(brokers, &topic, &options, 3);
         let started = std::time::Instant::now();
         let (code, stderr) =
-            tokio::task::block_in_place(|| run_checker(certificates.dir.path(), &yaml));
+            tokio::task::block_in_place(|| run_checker(listeners.dir.path(), &yaml));
         let last = stderr.lines().last().unwrap_or_default().to_owned();
         println!(
             "{case}: exit {code:?} after {:.1} s: {last}",
@@ -242,10 +238,11 @@ async fn a_wrong_ca_no_client_certificate_or_a_wrong_host_name_is_refused_naming
         assert_eq!(code, Some(1), "{case}: {stderr}");
         assert!(
             last.contains(&format!("cannot connect to the Kafka cluster at {brokers}"))
-                && last.contains(brokers.as_str())
                 && last.contains(reason),
             "{case}: {stderr}"
         );
-        assert!(!stderr.contains(&secret_line), "{case}: the key leaked");
+        for secret in &secrets {
+            assert!(!stderr.contains(secret.as_str()), "{case}: a secret leaked");
+        }
     }
 }

@@ -104,61 +104,28 @@ pub fn create_database(prefix: &str) -> TestDatabase {
     }
 }
 
-/// A broker of the test's own (tansu) on 127.0.0.1, on the storage engine `scripts/dev-services`
-/// uses (`PIPE_KAFKA_STORAGE`, default SQLite) with its data in a folder of its own; stopped
-/// when dropped.
+/// An Apache Kafka broker of the test's own on 127.0.0.1 (`scripts/kafka-broker`, the one
+/// `scripts/dev-services` runs), its data in a folder of its own; killed when dropped.
 pub struct PrivateBroker {
     child: Option<std::process::Child>,
     dir: tempfile::TempDir,
     port: u16,
-    advertised: String,
+    controller_port: u16,
     pub brokers: String,
 }
 
 impl PrivateBroker {
-    /// Starts a broker on `port` and waits until it accepts connections.
+    /// Starts a broker on `port` and waits until it serves.
     pub fn start(port: u16) -> Self {
-        Self::start_advertising(port, &format!("127.0.0.1:{port}"))
-    }
-
-    /// Starts a broker on `port` that tells clients to connect to `advertised` (a proxy in
-    /// front of it, say).
-    pub fn start_advertising(port: u16, advertised: &str) -> Self {
         let mut broker = Self {
             child: None,
             dir: tempfile::tempdir().expect("a folder for the broker's data"),
             port,
-            advertised: format!("tcp://{advertised}"),
+            controller_port: http::closed_port(),
             brokers: format!("127.0.0.1:{port}"),
         };
         broker.resume();
         broker
-    }
-
-    /// Creates a topic with tansu's own command, which needs no advertised address.
-    pub fn create_topic(&self, topic: &str, partitions: u32) {
-        self.topic_command(&["create", topic, "--partitions", &partitions.to_string()]);
-    }
-
-    /// Deletes a topic, with tansu's own command.
-    pub fn delete_topic(&self, topic: &str) {
-        self.topic_command(&["delete", topic]);
-    }
-
-    fn topic_command(&self, args: &[&str]) {
-        let binary = std::env::var("TANSU_BIN").expect("TANSU_BIN: run scripts/test");
-        let out = std::process::Command::new(binary)
-            .arg("topic")
-            .args(args)
-            .arg("--broker")
-            .arg(format!("tcp://127.0.0.1:{}", self.port))
-            .output()
-            .expect("run tansu topic");
-        assert!(
-            out.status.success(),
-            "tansu topic {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 
     /// Stops the broker (SIGKILL: nothing is flushed on the way out); its data stays.
@@ -169,65 +136,57 @@ impl PrivateBroker {
         }
     }
 
-    /// SIGTERM: tansu's own shutdown.
-    pub fn terminate(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the broker again on the same port and data. tansu binds without SO_REUSEADDR,
-    /// so right after a stop it may exit with "Address already in use": it is retried.
+    /// Starts the broker again on the same ports and data, and waits until it serves: until its
+    /// log says it started, which comes a moment after its port opens.
     pub fn resume(&mut self) {
-        let binary = std::env::var("TANSU_BIN").unwrap_or_else(|_| {
-            panic!("TANSU_BIN is not set: run the tests with scripts/test, which builds and names the broker")
-        });
-        let engine = match std::env::var("PIPE_KAFKA_STORAGE").as_deref() {
-            Ok("memory") => "memory://tansu/",
-            _ => "sqlite://tansu.db",
-        };
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-broker");
+        let log = self.dir.path().join("server.log");
+        let logged_before = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+        let mut child = std::process::Command::new(&script)
+            .arg("run")
+            .arg(self.dir.path())
+            .args(["--port", &self.port.to_string()])
+            .args(["--controller-port", &self.controller_port.to_string()])
+            // A test's broker holds little: a small heap keeps several of them beside the suite.
+            .env("PIPE_KAFKA_HEAP", "256m")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
-            let mut child = std::process::Command::new(&binary)
-                .args([
-                    "broker",
-                    "--storage-engine",
-                    engine,
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &self.advertised,
-                ])
-                .current_dir(self.dir.path())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
-            loop {
-                if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                    self.child = Some(child);
-                    return;
-                }
-                if child.try_wait().expect("the broker's status").is_some() {
-                    break; // most likely the port is still in TIME_WAIT: start it again
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the private broker did not start"
-                );
-                std::thread::sleep(Duration::from_millis(50));
+            let started = std::fs::read(&log).is_ok_and(|text| {
+                let new = text.get(logged_before..).unwrap_or(&text);
+                String::from_utf8_lossy(new).contains("Kafka Server started")
+            });
+            if started {
+                self.child = Some(child);
+                return;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the private broker kept exiting at start"
-            );
-            std::thread::sleep(Duration::from_millis(500));
+            if let Some(status) = child.try_wait().expect("the broker's status") {
+                panic!(
+                    "the private broker exited at start ({status}); its log ends:\n{}",
+                    last_lines(&log, 20)
+                );
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "the private broker did not start within 120 s; its log ends:\n{}",
+                    last_lines(&log, 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The last `n` lines of a file, for a failure message (the file goes with the test's folder).
+fn last_lines(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 impl Drop for PrivateBroker {

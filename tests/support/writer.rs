@@ -198,15 +198,8 @@ sinks:
     )
 }
 
-/// The `kafka` source settings of a writer with a static identity (`instance_id`), the same
-/// across its restarts, as an operator's service unit gives it; for [`writer_yaml`]. Tests
-/// that SIGKILL a writer and start it again use one because tansu 0.6.0's group coordinator
-/// cannot always get over the death of a dynamic member: a writer started at once after the
-/// kill sometimes joins a generation whose leader is the dead writer (librdkafka:
-/// "JoinGroup response: GenerationId 1, ... LeaderId <the dead member>"), then gets an empty
-/// assignment ("SyncGroup response: Success (0 bytes of MemberState data)") and holds no
-/// partition for ever. Apache Kafka drops a member whose session has ended and forms a new
-/// generation; see the README.
+/// The `kafka` source settings of a writer with a static identity (`instance_id`, KIP-345), the
+/// same across its restarts, as an operator's service unit gives it; for [`writer_yaml`].
 pub fn static_member() -> String {
     format!("    instance_id: {}\n", super::unique_name("writer"))
 }

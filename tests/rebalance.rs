@@ -1,18 +1,11 @@
 //! Two writers sharing a consumer group, and rebalances while the `kafka` source waits or is
-//! paused, proven against librdkafka's in-process mock cluster.
-//!
-//! Why not the local broker: these tests need rebalances on cue, which the mock cluster gives
-//! with short sessions, and tansu 0.6.0's coordinator sometimes makes a member that left the
-//! leader of the next generation, leaving the others with no partition (see the README). The
-//! pause and resume in the middle of batches, which used to be here because tansu's memory
-//! engine could not serve a fetch from inside a batch, runs against the local broker now
-//! (tests/writer.rs).
+//! paused, on the local Apache Kafka: its group coordinator is the one a deployment meets.
 //!
 //! Rebalances: a member that waits for a message while the group rebalances gets, at the end
 //! of that one wait, the first message of its new assignment. Before the source settled the
 //! revocation ahead of tracking that message, it forgot it, and the next offset was committed
-//! over it: two writers in one group stored 3,999 of 4,000 checks, once against tansu and once
-//! here, whenever the second writer joined after the group had formed. And a rebalance while
+//! over it: two writers in one group stored 3,999 of 4,000 checks, on two different brokers,
+//! whenever the second writer joined after the group had formed. And a rebalance while
 //! the source was paused left it paused with nothing to hand over, reading nothing again: the
 //! messages it held went with the revoked partitions, and librdkafka keeps a partition's pause
 //! when it is given back.
@@ -24,14 +17,12 @@ use std::time::Duration;
 
 use pipe::topology::RunOptions;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
 use rdkafka::ClientConfig;
 use support::writer::{ids, stored_ids, wait_for};
 use support::{pipeline, unique_name, writer};
 
-/// Source options for tests that rebalance: the mock cluster waits a session timeout less one
-/// second for the members of a formed group to rejoin (45 s by default).
+/// Source options for tests that rebalance: short sessions (6 s, the broker's least by default)
+/// and frequent heartbeats, so that a member that left is noticed soon.
 const QUICK_REBALANCES: &str = "    options:
       session.timeout.ms: '6000'
       heartbeat.interval.ms: '250'
@@ -39,10 +30,8 @@ const QUICK_REBALANCES: &str = "    options:
 
 #[tokio::test]
 async fn two_writers_in_one_group_split_the_partitions_and_survive_one_leaving() {
-    let cluster = MockCluster::new(1).unwrap();
-    let topic = unique_name("shared");
-    cluster.create_topic(&topic, 4, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+    let brokers = support::kafka_brokers();
+    let topic = support::create_topic("shared", 4).await;
     let db = tokio::task::spawn_blocking(|| support::create_database("shared"))
         .await
         .unwrap();
@@ -113,7 +102,7 @@ async fn two_writers_in_one_group_split_the_partitions_and_survive_one_leaving()
 /// source loses all of them and gets the same ones back.
 #[tokio::test]
 async fn a_rebalance_during_an_idle_wait_keeps_the_first_message_after_it() {
-    let (_cluster, brokers) = rebalance_cluster();
+    let (brokers, topic, other_topic) = rebalance_topics().await;
     let group = unique_name("group");
     let channel = unique_name("idle");
     let mut seen = pipeline::capture(&channel);
@@ -122,27 +111,27 @@ async fn a_rebalance_during_an_idle_wait_keeps_the_first_message_after_it() {
       auto.commit.interval.ms: '100'
 "
     );
-    let yaml = captured(&brokers, &group, &channel, &options, "");
+    let yaml = captured(&brokers, &topic, &group, &channel, &options, "");
     let running = pipeline::start(&yaml, RunOptions::default());
     let checks = writer::checks(400, 40);
     let mut received = Vec::new();
 
     // The source owns all four partitions and has handled everything in them: it now waits.
-    writer::produce(&brokers, "checks", &checks[..100]).await;
+    writer::produce(&brokers, &topic, &checks[..100]).await;
     take(&mut seen, 100, &mut received).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Another member joins; once it holds its partition the rebalance is over.
-    let other = join_group(&brokers, &group, "other").await;
+    let other = join_group(&brokers, &group, &other_topic).await;
 
-    writer::produce(&brokers, "checks", &checks[100..200]).await;
+    writer::produce(&brokers, &topic, &checks[100..200]).await;
     take(&mut seen, 100, &mut received).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // And leaves again: another rebalance while the source waits.
     drop(other);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    writer::produce(&brokers, "checks", &checks[200..]).await;
+    writer::produce(&brokers, &topic, &checks[200..]).await;
     take(&mut seen, 200, &mut received).await;
 
     running.stop().await.expect("a clean stop");
@@ -162,7 +151,7 @@ async fn a_rebalance_during_an_idle_wait_keeps_the_first_message_after_it() {
 #[tokio::test]
 async fn a_rebalance_while_paused_leaves_the_source_reading() {
     const N: usize = 2_000;
-    let (_cluster, brokers) = rebalance_cluster();
+    let (brokers, topic, other_topic) = rebalance_topics().await;
     let group = unique_name("group");
     let channel = unique_name("paused");
     let mut seen = pipeline::capture(&channel);
@@ -170,6 +159,7 @@ async fn a_rebalance_while_paused_leaves_the_source_reading() {
     // the rebalance comes and goes while it is paused.
     let yaml = captured(
         &brokers,
+        &topic,
         &group,
         &channel,
         QUICK_REBALANCES,
@@ -178,11 +168,11 @@ async fn a_rebalance_while_paused_leaves_the_source_reading() {
     let started = tokio::time::Instant::now();
     let running = pipeline::start(&yaml, RunOptions::default());
     let checks = writer::checks(N, 40);
-    writer::produce(&brokers, "checks", &checks).await;
-    // The group forms after 3 s (the mock cluster's initial rebalance delay), the sink takes
-    // its first event and holds, and 5 s later the source pauses.
+    writer::produce(&brokers, &topic, &checks).await;
+    // The group forms at once (the local broker's group.initial.rebalance.delay.ms is 0), the
+    // sink takes its first event and holds, and 5 s later the source pauses.
     tokio::time::sleep_until(started + Duration::from_secs(10)).await;
-    let other = join_group(&brokers, &group, "other").await;
+    let other = join_group(&brokers, &group, &other_topic).await;
 
     // Repeats are allowed: what was in flight when the partitions were revoked is read again.
     let mut received = BTreeSet::new();
@@ -194,16 +184,22 @@ async fn a_rebalance_while_paused_leaves_the_source_reading() {
     assert_eq!(received, ids(&checks));
 }
 
-/// A pipeline from the `kafka` source (topic `checks`) to a `capture` sink, with more lines for
-/// each.
-fn captured(brokers: &str, group: &str, channel: &str, source: &str, sink: &str) -> String {
+/// A pipeline from the `kafka` source (`topic`) to a `capture` sink, with more lines for each.
+fn captured(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    channel: &str,
+    source: &str,
+    sink: &str,
+) -> String {
     format!(
         "\
 sources:
   checks:
     type: kafka
     brokers: {brokers}
-    topics: [checks]
+    topics: [{topic}]
     group: {group}
 {source}sinks:
   out:
@@ -214,14 +210,14 @@ sources:
     )
 }
 
-/// A mock cluster with the topic the source reads (`checks`, 4 partitions) and one for a
-/// second member to join the group with (`other`), and its bootstrap servers.
-fn rebalance_cluster() -> (MockCluster<'static, DefaultProducerContext>, String) {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("checks", 4, 1).unwrap();
-    cluster.create_topic("other", 1, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    (cluster, brokers)
+/// The local broker, a topic for the source to read (4 partitions) and one for a second member
+/// to join the group with.
+async fn rebalance_topics() -> (String, String, String) {
+    (
+        support::kafka_brokers(),
+        support::create_topic("rebalance", 4).await,
+        support::create_topic("other", 1).await,
+    )
 }
 
 /// A second member of `group`, subscribed to `topic`, once the rebalance that lets it in is
