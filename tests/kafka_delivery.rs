@@ -623,3 +623,95 @@ async fn every_codec_from_either_client_is_stored_once_and_poison_behind_each_is
         .collect();
     assert_eq!(letters, expected, "each poison message, at its own offset");
 }
+
+/// A broker that takes every connection and answers every request but fetches, which it
+/// drops (tansu 0.6.0 did this to every fetch of a snappy batch): librdkafka reconnects and
+/// retries for ever and reports nothing but dropped connections. The source names the
+/// partitions and how far behind they are, is not ready from the moment it sees the stall, and
+/// stops after `stall_timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_whose_fetches_keep_failing_is_named_then_stops_the_run() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let topic = unique_name("stalled");
+    mock.create_topic(&topic, 2, 1).unwrap();
+    let producer = batching_producer(&brokers, "none");
+    produce_batched(&producer, &topic, 0, &numbered(0..30)).await;
+    produce_batched(&producer, &topic, 1, &numbered(0..20)).await;
+    // Every fetch from now on: the connection drops.
+    mock.request_errors(
+        RDKafkaApiKey::Fetch,
+        &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT; 100_000],
+    );
+
+    let channel = unique_name("stalled");
+    let mut seen = pipeline::capture(&channel);
+    let yaml = format!(
+        "\
+sources:
+  kafka:
+    type: kafka
+    brokers: {brokers}
+    topics: [{topic}]
+    group: {group}
+    format: json
+    stall_timeout: 45s
+sinks:
+  seen:
+    type: capture
+    inputs: [kafka]
+    channel: {channel}
+",
+        group = unique_name("group")
+    );
+    let started = std::time::Instant::now();
+    let running = pipeline::start(&yaml, RunOptions::default());
+    let health = running.telemetry.health();
+    // Not ready once the stall is seen, naming both partitions, well before the run stops.
+    let reason = loop {
+        let readiness = health.readiness();
+        let stage = readiness.stages.iter().find(|s| s.stage == "kafka");
+        if let Some(reason) = stage
+            .filter(|s| !s.ready)
+            .and_then(|s| s.reason.clone())
+            .filter(|r| r.contains("partition"))
+        {
+            break reason;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(45),
+            "no stall seen: {readiness:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let not_ready_after = started.elapsed();
+    println!(
+        "not ready after {:.1} s: {reason}",
+        not_ready_after.as_secs_f64()
+    );
+    assert!(
+        reason.contains(&format!(
+            "topic `{topic}` partition 0 at offset 0: the broker holds messages up to offset 30"
+        )) && reason.contains(&format!(
+            "topic `{topic}` partition 1 at offset 0: the broker holds messages up to offset 20"
+        )),
+        "{reason}"
+    );
+    let error = tokio::time::timeout(Duration::from_secs(90), running.wait())
+        .await
+        .expect("the run stops by itself")
+        .expect_err("a stalled partition fails the run")
+        .to_string();
+    println!(
+        "stopped after {:.1} s: {error}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        error.contains("stopping after stall_timeout (45s)")
+            && error.contains(&format!("topic `{topic}` partition 0"))
+            && error.contains("the last error librdkafka reported"),
+        "{error}"
+    );
+    assert!(seen.try_recv().is_err(), "nothing was fetched");
+}

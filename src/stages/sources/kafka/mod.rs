@@ -27,6 +27,12 @@
 //! partition, so the source finds it by reading each of its partitions once more from its
 //! position with a private consumer. Transient errors (a broker down, a leader moving) are
 //! retried without end, with a warning at most every 30 s saying how long they have lasted.
+//!
+//! A partition the broker cannot serve, where every fetch fails while messages wait, looks to
+//! librdkafka like any passing fault, retried for ever: the stall watchdog ([`stall`]) names
+//! it, makes the stage not ready at once, and stops the source after `stall_timeout`.
+
+mod stall;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +65,10 @@ use prometheus_client::metrics::gauge::Gauge;
 
 fn default_max_message_bytes() -> usize {
     1 << 20
+}
+
+fn default_stall_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// How message payloads are decoded.
@@ -95,6 +105,12 @@ pub struct KafkaSourceConfig {
     /// broker fences the older. Default: none (dynamic membership).
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// How long a partition may hold messages that no fetch brings before the source stops
+    /// (exit 1), naming it. It counts as not ready from the moment the stall is seen, after 30 s
+    /// without progress. A broker that cannot be reached at all is not a stall: that is waited
+    /// for without end. Default 5m.
+    #[serde(default = "default_stall_timeout", with = "duration")]
+    pub stall_timeout: Duration,
     /// More librdkafka settings: security.protocol, ssl.*, sasl.*, session.timeout.ms…
     #[serde(default)]
     pub options: Options,
@@ -167,6 +183,15 @@ impl StageConfig for KafkaSourceConfig {
                 "the instance id must not be empty: leave it out for dynamic membership",
             ));
         }
+        if self.stall_timeout <= stall::SUSPECT_AFTER {
+            errors.push(ConfigError::at(
+                "stall_timeout",
+                format!(
+                    "must be longer than {}, the time a partition stands still before the broker is asked about it",
+                    duration::format(stall::SUSPECT_AFTER)
+                ),
+            ));
+        }
         if self.options.contains_key("group.instance.id") {
             errors.push(ConfigError::at(
                 "options",
@@ -198,6 +223,8 @@ impl StageConfig for KafkaSourceConfig {
                 metrics: SourceMetrics::new(cx),
                 health,
                 group: self.group.clone(),
+                watchdog: Mutex::default(),
+                last_error: Mutex::default(),
             };
             match config.create_with_context::<_, StreamConsumer<KafkaContext>>(context) {
                 Ok(consumer) => Some(consumer),
@@ -220,6 +247,7 @@ impl StageConfig for KafkaSourceConfig {
             topics: self.topics,
             format: self.format,
             max_message_bytes: self.max_message_bytes,
+            stall_timeout: self.stall_timeout,
         }))
     }
 }
@@ -241,9 +269,14 @@ struct KafkaContext {
     /// across a revocation, so one that left paused would come back paused for good.
     paused: AtomicBool,
     metrics: SourceMetrics,
-    /// Not ready while holding no partition for [`NO_PARTITION_GRACE`].
+    /// Not ready while holding no partition for [`NO_PARTITION_GRACE`], or while a partition
+    /// is stalled.
     health: StageHealth,
     group: String,
+    /// Each held partition's progress, from the statistics.
+    watchdog: Mutex<stall::Watchdog>,
+    /// The last error librdkafka reported, redacted: the likely cause of a stall.
+    last_error: Mutex<Option<String>>,
 }
 
 /// How long a writer may hold no partition of its group before it counts as not ready: a
@@ -320,12 +353,20 @@ impl ClientContext for KafkaContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        let text = kafka::redact(&format!("{error}: {reason}"), &self.log.options);
+        *self.last_error.lock().expect("not poisoned") = Some(text);
         self.log.error(error, reason);
     }
 
     fn stats(&self, statistics: rdkafka::statistics::Statistics) {
         self.log.observe(&statistics);
         self.metrics.observe(&statistics);
+        let held = self.metrics.held.lock().expect("not poisoned");
+        self.watchdog.lock().expect("not poisoned").observe(
+            &statistics,
+            &held,
+            std::time::Instant::now(),
+        );
     }
 }
 
@@ -401,7 +442,15 @@ struct KafkaSource {
     topics: Vec<String>,
     format: Format,
     max_message_bytes: usize,
+    stall_timeout: Duration,
 }
+
+/// How often the source looks at its partitions' progress: the statistics' own interval.
+const STALL_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// The broker's answers about suspects: each with the position it was asked at and the
+/// partition's first and end offsets.
+type Answers = Vec<(stall::Partition, i64, (i64, i64))>;
 
 impl KafkaSource {
     /// Turns a message into an event: the decoded check, or a dead letter.
@@ -532,6 +581,102 @@ impl KafkaSource {
         message.into()
     }
 
+    /// Every few seconds: restarts the watchdog's clocks while the pipeline holds the source
+    /// back, else asks the broker about suspects (one question at a time, off the loop), and
+    /// judges the stalls known.
+    fn watch_stalls(
+        &self,
+        held_back: bool,
+        probe: &mut Option<tokio::task::JoinHandle<Answers>>,
+        warning: &mut RepeatedWarning,
+        logger: &slog::Logger,
+    ) -> Result<(), BoxError> {
+        let now = std::time::Instant::now();
+        let mut watchdog = self
+            .consumer
+            .context()
+            .watchdog
+            .lock()
+            .expect("not poisoned");
+        if held_back {
+            watchdog.restart(now);
+        } else if probe.is_none() {
+            let suspects = watchdog.suspects(now);
+            if !suspects.is_empty() {
+                let config = self.probe_config.clone();
+                *probe = Some(tokio::task::spawn_blocking(move || {
+                    ask_ends(&config, suspects)
+                }));
+            }
+        }
+        let stalls = watchdog.stalled(now);
+        drop(watchdog);
+        self.judge_stalls(&stalls, warning, logger)
+    }
+
+    /// Takes the broker's answers about suspects in, and judges the stalls known.
+    fn answered(
+        &self,
+        answers: Answers,
+        warning: &mut RepeatedWarning,
+        logger: &slog::Logger,
+    ) -> Result<(), BoxError> {
+        let now = std::time::Instant::now();
+        let mut watchdog = self
+            .consumer
+            .context()
+            .watchdog
+            .lock()
+            .expect("not poisoned");
+        for (partition, position, offsets) in &answers {
+            watchdog.answered(partition, *position, *offsets, now);
+        }
+        let stalls = watchdog.stalled(now);
+        drop(watchdog);
+        self.judge_stalls(&stalls, warning, logger)
+    }
+
+    /// Stalled partitions make the stage not ready at once, are logged (at most every 30 s),
+    /// and stop the source once one has lasted `stall_timeout`.
+    fn judge_stalls(
+        &self,
+        stalls: &[stall::Stall],
+        warning: &mut RepeatedWarning,
+        logger: &slog::Logger,
+    ) -> Result<(), BoxError> {
+        let context = self.consumer.context();
+        let now = std::time::Instant::now();
+        let Some(worst) = stalls.first() else {
+            context.health.resolved("partition_stalled");
+            if let Some(lasted) = warning.cleared(now) {
+                info!(logger, "stalled partitions are fetched again"; "lasted" => duration::format_approx(lasted));
+            }
+            return Ok(());
+        };
+        let listed: Vec<String> = stalls.iter().map(ToString::to_string).collect();
+        let cause = match context.last_error.lock().expect("not poisoned").as_deref() {
+            Some(error) => format!("; the last error librdkafka reported: {error}"),
+            None => String::new(),
+        };
+        let message = format!("{}{cause}", listed.join("; "));
+        context
+            .health
+            .problem("partition_stalled", message.clone(), Duration::ZERO);
+        if worst.lasted >= self.stall_timeout {
+            return Err(format!(
+                "{message}; stopping after stall_timeout ({}); offsets before the stall are committed",
+                duration::format(self.stall_timeout)
+            )
+            .into());
+        }
+        if let Some(report) = warning.occurred(now) {
+            error!(logger, "partitions stalled: messages wait in them and no fetch brings them";
+                   "stalls" => &message, "occurrences" => report.occurrences,
+                   "stopping_in" => duration::format_approx(self.stall_timeout.saturating_sub(worst.lasted)));
+        }
+        Ok(())
+    }
+
     /// Stores the offset after a completed message, so it is committed.
     fn complete(&self, done: Completion<Partition>, logger: &slog::Logger) -> Result<(), BoxError> {
         let (topic, partition) = &done.stream;
@@ -652,6 +797,37 @@ fn locate_unreadable(config: &ClientConfig, positions: &TopicPartitionList) -> O
     None
 }
 
+/// Asks the broker for the first and end offsets of each suspect, with a consumer of our own
+/// that joins no group (a ListOffsets request, not a fetch). Blocking. It stops at the first
+/// partition the broker does not answer for: a broker that cannot be reached is not a stall.
+fn ask_ends(config: &ClientConfig, suspects: Vec<(stall::Partition, i64)>) -> Answers {
+    let mut config = config.clone();
+    // Never polled: nothing may pile up in its queues.
+    config.set("enable.auto.commit", "false");
+    config.set("statistics.interval.ms", "0");
+    let Ok(probe) = config.create::<BaseConsumer>() else {
+        return Vec::new();
+    };
+    let mut answers = Vec::new();
+    for (partition, position) in suspects {
+        match probe.fetch_watermarks(&partition.0, partition.1, PROBE_PER_PARTITION) {
+            Ok(offsets) => answers.push((partition, position, offsets)),
+            Err(_) => break,
+        }
+    }
+    answers
+}
+
+/// The probe's answers once it has them; never, while no probe runs.
+async fn probe_answers(probe: &mut Option<tokio::task::JoinHandle<Answers>>) -> Answers {
+    let Some(handle) = probe else {
+        return std::future::pending().await;
+    };
+    let answers = handle.await.unwrap_or_default();
+    *probe = None;
+    answers
+}
+
 /// Decodes one payload into an event (a typed check for `check_v1`), or says why it cannot be.
 pub fn decode_payload(payload: &[u8], format: Format, max_bytes: usize) -> Result<Event, String> {
     if payload.len() > max_bytes {
@@ -716,6 +892,10 @@ impl Source for KafkaSource {
         let mut blocked_since: Option<tokio::time::Instant> = None;
         let context = self.consumer.context();
         let mut consumer_errors = RepeatedWarning::default();
+        let mut stall_check = tokio::time::interval(STALL_CHECK_EVERY);
+        stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probe = None;
+        let mut stall_warning = RepeatedWarning::default();
 
         let result: Result<(), BoxError> = loop {
             self.absorb_revocations(&mut pending, &mut blocked_since, &mut acks, &logger);
@@ -739,6 +919,17 @@ impl Source for KafkaSource {
                 () = sleep_until(blocked_since.map(|t| t + PAUSE_AFTER)), if blocked_since.is_some() && !paused => {
                     self.set_paused(true, &logger);
                 }
+                _ = stall_check.tick() => {
+                    let held_back = paused || !pending.is_empty();
+                    if let Err(e) = self.watch_stalls(held_back, &mut probe, &mut stall_warning, &logger) {
+                        break Err(e);
+                    }
+                }
+                answers = probe_answers(&mut probe) => {
+                    if let Err(e) = self.answered(answers, &mut stall_warning, &logger) {
+                        break Err(e);
+                    }
+                }
                 // Taken only when the pipeline has room, or while paused: polling then returns
                 // no messages but serves the group, which is what keeps us in it.
                 message = self.consumer.recv(), if pending.is_empty() || paused => match message {
@@ -760,6 +951,8 @@ impl Source for KafkaSource {
                     Err(e) if is_unreadable(&e) => break Err(self.unreadable(&e, &logger).await),
                     Err(KafkaError::MessageConsumptionFatal(code)) => break Err(fatal(code, self.instance_id.as_deref())),
                     Err(e) => {
+                        let text = kafka::redact(&e.to_string(), &self.consumer.context().log.options);
+                        *context.last_error.lock().expect("not poisoned") = Some(text);
                         if let Some(report) = consumer_errors.occurred(std::time::Instant::now()) {
                             warn!(logger, "consumer error; retrying"; "error" => %e,
                                   "lasted" => duration::format_approx(report.lasted), "occurrences" => report.occurrences);
