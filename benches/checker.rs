@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! cargo bench --bench checker -- throughput --url http://127.0.0.1:18090/ [--targets 10000]
-//!     [--interval 1s] [--concurrency 64] [--seconds 10] [--metrics on|off]
+//!     [--interval 1s] [--concurrency 64] [--seconds 10] [--metrics on|off] [--sink count|kafka]
 //! cargo bench --bench checker -- schedule --url http://127.0.0.1:18090/ [--targets 10000]
 //!     [--interval 20s] [--seconds 60]
 //! cargo bench --bench checker -- libcurl --url http://127.0.0.1:18090/ [--concurrency 64]
@@ -16,6 +16,11 @@
 //! with easy handles reused, and does per transfer what a probe needs (fresh connection,
 //! `Connection: close`, timings and status read at the end). It is the floor for any
 //! libcurl-based checker, and says how much of a check's cost is libcurl's and the kernel's.
+//!
+//! `--sink kafka` runs the checker end to end: every result also goes through the `kafka` sink
+//! (shipped defaults) to a fresh topic on the broker at `KAFKA_BROKERS`, and a check counts
+//! once that sink has it; the sink's backpressure paces the probe. The topic's message count
+//! is read back at the end, so a result that only reached the counting sink would show.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -96,6 +101,49 @@ fn cpu_time() -> Duration {
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The local broker (`KAFKA_BROKERS`) and a fresh topic of 3 partitions on it.
+fn bench_topic() -> (String, String) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let brokers = std::env::var("KAFKA_BROKERS")
+        .expect("KAFKA_BROKERS: --sink kafka needs the local broker (scripts/bench-checker starts it)");
+    let topic = format!("bench_checker_{}", std::process::id());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let created = admin
+            .create_topics(
+                &[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await
+            .unwrap();
+        for result in created {
+            result.unwrap_or_else(|(topic, e)| panic!("cannot create {topic}: {e}"));
+        }
+    });
+    (brokers, topic)
+}
+
+/// How many messages `topic` (3 partitions) holds, from its watermarks.
+fn messages_in(brokers: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    (0..3)
+        .map(|partition| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .unwrap();
+            high - low
+        })
+        .sum()
 }
 
 /// Counts the body bytes libcurl delivers, as a probe does, and keeps none.
@@ -221,15 +269,25 @@ fn main() {
     // `--metrics on`: per_target_metrics, and the exposition encoded every 5 s as a scrape
     // would; `off`: neither (the always-on counters count in both).
     let metrics_on = get("metrics", "off") == "on";
+    let kafka = match get("sink", "count").as_str() {
+        "count" => None,
+        "kafka" => Some(bench_topic()),
+        other => panic!("--sink count or kafka, not {other}"),
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let list: String = (0..targets)
         .map(|i| format!("- {{ name: t{i}, url: '{url}?t={i}' }}\n"))
         .collect();
     std::fs::write(dir.path().join("targets.yaml"), list).unwrap();
-    let yaml = format!(
+    let mut yaml = format!(
         "sources:\n  probe:\n    type: http_probe\n    interval: {interval}\n    timeout: 5s\n    concurrency: {concurrency}\n    per_target_metrics: {metrics_on}\n    targets_file: targets.yaml\nsinks:\n  count:\n    type: count\n    inputs: [probe]\n"
     );
+    if let Some((brokers, topic)) = &kafka {
+        yaml.push_str(&format!(
+            "  kafka:\n    type: kafka\n    inputs: [probe]\n    brokers: {brokers}\n    topic: {topic}\n"
+        ));
+    }
     std::fs::write(dir.path().join("bench.yaml"), &yaml).unwrap();
 
     let mut registry = Registry::with_builtins();
@@ -284,7 +342,18 @@ fn main() {
         .collect();
     let elapsed = measured.duration_since(warmup).as_secs_f64();
     let ok = window.iter().filter(|s| s.1 == Some(200)).count();
-    println!("mode={mode} targets={targets} interval={interval} concurrency={concurrency} seconds={seconds} metrics={}", if metrics_on { "on" } else { "off" });
+    println!(
+        "mode={mode} targets={targets} interval={interval} concurrency={concurrency} seconds={seconds} metrics={} sink={}",
+        if metrics_on { "on" } else { "off" },
+        if kafka.is_some() { "kafka" } else { "count" }
+    );
+    if let Some((brokers, topic)) = &kafka {
+        // Every check the counting sink saw, the run's whole length, is in the topic: the run
+        // ended cleanly only once the broker had confirmed them all.
+        let in_topic = messages_in(brokers, topic);
+        println!("kafka_messages={in_topic} checks_seen={}", seen.len());
+        assert_eq!(in_topic, seen.len() as i64, "every check is in the topic, once");
+    }
     if metrics_on {
         println!(
             "scrape_bytes={}",

@@ -3,15 +3,13 @@
 //!
 //! ```sh
 //! cargo bench --bench writer -- copy --rows 200000 [--batch-size 5000]
-//! cargo bench --bench writer -- backlog --messages 1000000 [--batch-size 5000] [--fetch-wait-ms 10]
-//! cargo bench --bench writer -- consume --messages 200000 [--fetch-wait-ms 10]
+//! cargo bench --bench writer -- backlog --messages 1000000 [--batch-size 5000]
+//! cargo bench --bench writer -- consume --messages 200000
 //! ```
 //!
-//! `--fetch-wait-ms` sets the consumer's `fetch.wait.max.ms`. tansu 0.6.0 sleeps for half of
-//! it (500 ms by default) after every fetch, even one that found data
-//! (`tansu-storage` `src/service/fetch.rs`), and answers at most 5 MiB a fetch: about 26,000
-//! messages a second, whatever reads them. Kafka answers as soon as it has data. The flag lets
-//! the writer be measured rather than that sleep.
+//! The writer runs with the `kafka` source's and the `postgres` sink's shipped defaults, against
+//! the local Apache Kafka. The broker's CPU is that of the processes named by `PIPE_KAFKA`
+//! (`java` for Apache Kafka, `tansu` for tansu).
 
 use std::io::{Read as _, Write as _};
 use std::sync::Arc;
@@ -421,7 +419,7 @@ fn produce_checks(brokers: &str, topic: &str, messages: usize) {
 /// The broker's raw consume rate: a fresh group reads every message of a fresh topic from
 /// offset 0 with a bare librdkafka consumer (no decoding, no sink), what bounds the writer from
 /// the broker's side.
-fn consume_mode(messages: usize, fetch_wait_ms: Option<usize>) {
+fn consume_mode(messages: usize) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let brokers = std::env::var("KAFKA_BROKERS")
         .expect("KAFKA_BROKERS: run this through scripts/bench-writer");
@@ -433,9 +431,6 @@ fn consume_mode(messages: usize, fetch_wait_ms: Option<usize>) {
         .set("group.id", format!("bench_consume_{}", std::process::id()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false");
-    if let Some(ms) = fetch_wait_ms {
-        config.set("fetch.wait.max.ms", ms.to_string());
-    }
     let consumer: BaseConsumer = config.create().unwrap();
     consumer.subscribe(&[&topic]).unwrap();
     let mut started = None;
@@ -473,7 +468,15 @@ fn stored_by_rollups(url: &str) -> i64 {
         .unwrap_or(-1)
 }
 
-fn backlog_mode(messages: usize, batch_size: usize, fetch_wait_ms: Option<usize>) {
+/// The command name of the broker's processes, for their CPU time.
+fn broker_process() -> &'static str {
+    match std::env::var("PIPE_KAFKA").as_deref() {
+        Ok("tansu") => "tansu",
+        _ => "java",
+    }
+}
+
+fn backlog_mode(messages: usize, batch_size: usize) {
     let brokers = std::env::var("KAFKA_BROKERS")
         .expect("KAFKA_BROKERS: run this through scripts/bench-writer");
     let topic = format!("bench_backlog_{}", std::process::id());
@@ -481,17 +484,14 @@ fn backlog_mode(messages: usize, batch_size: usize, fetch_wait_ms: Option<usize>
     let url = fresh_database("bench_backlog");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("writer.yaml");
-    let options = fetch_wait_ms.map_or(String::new(), |ms| {
-        format!("    options:\n      fetch.wait.max.ms: '{ms}'\n")
-    });
     std::fs::write(
         &file,
         format!(
-            "sources:\n  checks:\n    type: kafka\n    brokers: {brokers}\n    topics: [{topic}]\n    group: bench\n{options}sinks:\n  db:\n    type: postgres\n    inputs: [checks]\n    url: '{url}'\n    batch_size: {batch_size}\n    batch_timeout: 200ms\n"
+            "sources:\n  checks:\n    type: kafka\n    brokers: {brokers}\n    topics: [{topic}]\n    group: bench\nsinks:\n  db:\n    type: postgres\n    inputs: [checks]\n    url: '{url}'\n    batch_size: {batch_size}\n    batch_timeout: 200ms\n"
         ),
     )
     .unwrap();
-    let (broker_cpu, postgres_cpu) = (cpu_seconds("tansu"), cpu_seconds("postgres"));
+    let (broker_cpu, postgres_cpu) = (cpu_seconds(broker_process()), cpu_seconds("postgres"));
     let mut writer = std::process::Command::new(env!("CARGO_BIN_EXE_pipe"))
         .args(["run", file.to_str().unwrap(), "--log-level", "warn"])
         .spawn()
@@ -518,7 +518,7 @@ fn backlog_mode(messages: usize, batch_size: usize, fetch_wait_ms: Option<usize>
     }
     let elapsed = started.elapsed();
     let (broker_cpu, postgres_cpu) = (
-        cpu_seconds("tansu") - broker_cpu,
+        cpu_seconds(broker_process()) - broker_cpu,
         cpu_seconds("postgres") - postgres_cpu,
     );
     let _ = std::process::Command::new("kill")
@@ -558,23 +558,16 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .map_or(default, |v| v.parse().unwrap())
     };
-    let optional = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .map(|v| v.parse().unwrap())
-    };
     match args.first().map(String::as_str) {
         Some("copy") => copy_mode(number("--rows", 200_000), number("--batch-size", 5000)),
         Some("backlog") => backlog_mode(
             number("--messages", 1_000_000),
             number("--batch-size", 5000),
-            optional("--fetch-wait-ms"),
         ),
-        Some("consume") => consume_mode(number("--messages", 200_000), optional("--fetch-wait-ms")),
+        Some("consume") => consume_mode(number("--messages", 200_000)),
         _ => {
             eprintln!(
-                "usage: writer copy [--rows N] [--batch-size N] | backlog [--messages N] [--batch-size N] [--fetch-wait-ms N] | consume [--messages N] [--fetch-wait-ms N]"
+                "usage: writer copy [--rows N] [--batch-size N] | backlog [--messages N] [--batch-size N] | consume [--messages N]"
             );
             std::process::exit(2);
         }
