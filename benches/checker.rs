@@ -106,8 +106,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// The local broker (`KAFKA_BROKERS`) and a fresh topic of 3 partitions on it.
 fn bench_topic() -> (String, String) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let brokers = std::env::var("KAFKA_BROKERS")
-        .expect("KAFKA_BROKERS: --sink kafka needs the local broker (scripts/bench-checker starts it)");
+    let brokers = std::env::var("KAFKA_BROKERS").expect(
+        "KAFKA_BROKERS: --sink kafka needs the local broker (scripts/bench-checker starts it)",
+    );
     let topic = format!("bench_checker_{}", std::process::id());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -352,7 +353,11 @@ fn main() {
         // ended cleanly only once the broker had confirmed them all.
         let in_topic = messages_in(brokers, topic);
         println!("kafka_messages={in_topic} checks_seen={}", seen.len());
-        assert_eq!(in_topic, seen.len() as i64, "every check is in the topic, once");
+        assert_eq!(
+            in_topic,
+            seen.len() as i64,
+            "every check is in the topic, once"
+        );
     }
     if metrics_on {
         println!(

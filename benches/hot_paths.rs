@@ -9,7 +9,8 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pipe::check::{check_id, CheckResult, LatencyClass, Timings, TlsInfo, SCHEMA_VERSION};
 use pipe::compiler::{CompiledPipeline, CompiledStage};
-use pipe::registry::{BuiltStage, StageKind};
+use pipe::registry::BuiltStage;
+use pipe::stage::StageKind;
 use pipe::stages::transforms::regex_match::RegexMatchConfig;
 use pipe::topology::{self, RunOptions};
 use pipe::{

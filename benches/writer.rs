@@ -20,7 +20,8 @@ use pipe::check::{
     check_id, CheckError, CheckResult, ErrorKind, LatencyClass, Timings, TlsInfo, SCHEMA_VERSION,
 };
 use pipe::compiler::{CompiledPipeline, CompiledStage};
-use pipe::registry::{BuiltStage, StageKind};
+use pipe::registry::BuiltStage;
+use pipe::stage::StageKind;
 use pipe::stages::sinks::postgres::PostgresSinkConfig;
 use pipe::topology::{self, RunOptions};
 use pipe::{BoxError, BuildContext, Event, Fields, Source, SourceContext, StageConfig};

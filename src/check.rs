@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::event::Event;
+
 /// The version this code writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -222,6 +224,28 @@ impl CheckResult {
     }
 }
 
+/// A check result travels typed through the pipeline: the probe and the Kafka source make
+/// events with [`Event::from_check`], the checker's transforms change it in place
+/// ([`Event::check_mut`]), and the sinks encode or store it straight from the struct. These are
+/// [`Event`]'s typed payload under the check's own name, kept here so that the framework's
+/// event knows nothing of the monitor (docs/architecture.md).
+impl Event {
+    /// An event that is a check result, kept typed.
+    pub fn from_check(check: CheckResult) -> Self {
+        Self::from_typed(check)
+    }
+
+    /// The check result, if the event is one (and no stage has rewritten its fields).
+    pub fn check(&self) -> Option<&CheckResult> {
+        self.payload()
+    }
+
+    /// The check result, to change in place.
+    pub fn check_mut(&mut self) -> Option<&mut CheckResult> {
+        self.payload_mut()
+    }
+}
+
 /// `SystemTime` as RFC 3339 in UTC with milliseconds, e.g. `2026-11-29T07:50:00.123Z`.
 pub mod rfc3339_millis {
     use std::time::SystemTime;
@@ -285,6 +309,26 @@ pub mod rfc3339_seconds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_travels_typed_seen_as_fields_and_changed_in_place() {
+        let mut event = Event::from_check(sample());
+        assert_eq!(event.get("target"), Some(&Value::from("example")));
+        event.check_mut().unwrap().up = false;
+        assert_eq!(event.get("up"), Some(&Value::from(false)));
+        assert_eq!(
+            event.to_json().unwrap(),
+            serde_json::to_vec(&sample_with(|c| c.up = false)).unwrap()
+        );
+        event.insert("note", "rewritten");
+        assert!(event.check().is_none(), "a field map from here on");
+    }
+
+    fn sample_with(change: impl FnOnce(&mut CheckResult)) -> CheckResult {
+        let mut check = sample();
+        change(&mut check);
+        check
+    }
 
     fn sample() -> CheckResult {
         let scheduled_at = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);

@@ -11,7 +11,8 @@ use std::path::Path;
 use crate::config::diagnostic::{Diagnostic, Diagnostics, Severity};
 use crate::config::locate::{join_index, join_key};
 use crate::config::{self, PipelineFile, StageEntry};
-use crate::registry::{BuildContext, BuiltStage, Registry, StageKind};
+use crate::registry::{BuildContext, BuiltStage, Registry};
+use crate::stage::StageKind;
 use crate::telemetry::Telemetry;
 
 /// A stage that passed validation, built and ready to run.

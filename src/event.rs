@@ -4,23 +4,83 @@
 //! change the fields; the handle rides along untouched so the source that emitted the event learns
 //! when it has been fully handled (see [`crate::ack`]).
 //!
-//! A check result travels typed: the probe and the Kafka source make events with
-//! [`Event::from_check`], the checker's transforms change the [`CheckResult`] in place
-//! ([`Event::check_mut`]), and sinks encode or store it straight from the struct. A stage that
-//! asks for the fields gets them, made from the check on first use (once per event); one that
-//! changes them turns the event into a plain field map for good. So a check is decoded once
-//! and converted at the edges, and stages written against fields keep working.
+//! An event may instead carry a **typed payload**: any `Serialize + Clone` type (the monitor's
+//! check result is one). A source makes it with [`Event::from_typed`], a stage that knows the
+//! type reads or changes it in place ([`Event::payload`], [`Event::payload_mut`]), and sinks
+//! encode it straight from the struct ([`Event::to_json`]). A stage that asks for the fields
+//! gets them, made from the payload on first use (once per event); one that changes them turns
+//! the event into a plain field map for good. So a record is decoded once and converted at the
+//! edges, and stages written against fields keep working.
 
+use std::any::Any;
+use std::fmt;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::ack::{AckHandle, AckStatus};
-use crate::check::CheckResult;
 
 /// The fields of an event: a JSON object.
 pub type Fields = Map<String, Value>;
+
+/// A record an event carries typed. Implemented for every `Serialize + Clone` type that is
+/// `Send + Sync + Debug + 'static`: a stage author never implements it by hand.
+pub trait Typed: Any + Send + Sync + fmt::Debug {
+    /// The record as fields, for stages that read fields. A record that does not serialize to
+    /// a JSON object is the one field `value`.
+    fn to_fields(&self) -> Fields;
+    /// The record encoded as JSON.
+    fn to_json(&self) -> serde_json::Result<Vec<u8>>;
+    /// A copy of the record, for fan-out.
+    fn clone_typed(&self) -> Box<dyn Typed>;
+    /// The record as `Any`, to find its type.
+    fn as_any(&self) -> &dyn Any;
+    /// The record as `Any`, to change it.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// The record as `Any`, to take it out.
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<T: Serialize + Clone + Send + Sync + fmt::Debug + 'static> Typed for T {
+    fn to_fields(&self) -> Fields {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(map)) => map,
+            Ok(other) => Fields::from_iter([("value".to_owned(), other)]),
+            Err(e) => Fields::from_iter([(
+                "error".to_owned(),
+                Value::String(format!("cannot serialize the payload: {e}")),
+            )]),
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(self)
+    }
+
+    fn clone_typed(&self) -> Box<dyn Typed> {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+impl Clone for Box<dyn Typed> {
+    fn clone(&self) -> Self {
+        self.clone_typed()
+    }
+}
 
 /// The field that marks a dead letter: an input the source could not decode. Its value is
 /// `{"error": "…"}`; the raw bytes and the [`Origin`] travel with the event. Sinks that store
@@ -44,10 +104,10 @@ pub struct Origin {
 /// only once every copy has been finished.
 #[derive(Debug, Clone, Default)]
 pub struct Event {
-    /// The check this event is, while it is one.
-    check: Option<Box<CheckResult>>,
-    /// The payload itself without a check; with one, its fields once asked for (a cache that
-    /// every change to the check clears).
+    /// The typed payload, while the event has one.
+    typed: Option<Box<dyn Typed>>,
+    /// The payload itself without a typed one; with one, its fields once asked for (a cache
+    /// that every change to the typed payload clears).
     fields: OnceLock<Fields>,
     raw: Option<Bytes>,
     origin: Option<Box<Origin>>,
@@ -58,7 +118,7 @@ impl Event {
     /// An event with these fields and no acknowledgement handle.
     pub fn new(fields: Fields) -> Self {
         Self {
-            check: None,
+            typed: None,
             fields: OnceLock::from(fields),
             raw: None,
             origin: None,
@@ -66,10 +126,10 @@ impl Event {
         }
     }
 
-    /// An event that is a check result, kept typed.
-    pub fn from_check(check: CheckResult) -> Self {
+    /// An event whose payload is `record`, kept typed.
+    pub fn from_typed<T: Typed>(record: T) -> Self {
         Self {
-            check: Some(Box::new(check)),
+            typed: Some(Box::new(record)),
             fields: OnceLock::new(),
             raw: None,
             origin: None,
@@ -77,17 +137,17 @@ impl Event {
         }
     }
 
-    /// The check result, if the event is one (and no stage has rewritten its fields).
-    pub fn check(&self) -> Option<&CheckResult> {
-        self.check.as_deref()
+    /// The typed payload, if the event carries a `T` (and no stage has rewritten its fields).
+    pub fn payload<T: Typed>(&self) -> Option<&T> {
+        self.typed.as_deref()?.as_any().downcast_ref()
     }
 
-    /// The check result, to change in place.
-    pub fn check_mut(&mut self) -> Option<&mut CheckResult> {
-        let check = self.check.as_deref_mut()?;
-        // The fields made from the check so far no longer describe it.
+    /// The typed payload, to change in place.
+    pub fn payload_mut<T: Typed>(&mut self) -> Option<&mut T> {
+        let record = self.typed.as_deref_mut()?.as_any_mut().downcast_mut()?;
+        // The fields made from the payload so far no longer describe it.
         self.fields.take();
-        Some(check)
+        Some(record)
     }
 
     /// A dead letter: an input that could not be decoded, kept whole with why and where from.
@@ -97,7 +157,7 @@ impl Event {
         detail.insert("error".to_owned(), Value::String(error.into()));
         fields.insert(DEAD_LETTER.to_owned(), Value::Object(detail));
         Self {
-            check: None,
+            typed: None,
             fields: OnceLock::from(fields),
             raw: Some(raw),
             origin: origin.map(Box::new),
@@ -119,7 +179,7 @@ impl Event {
 
     /// The error of a dead letter, `None` for any other event.
     pub fn dead_letter_error(&self) -> Option<&str> {
-        if self.check.is_some() {
+        if self.typed.is_some() {
             return None;
         }
         self.fields().get(DEAD_LETTER)?.get("error")?.as_str()
@@ -150,20 +210,20 @@ impl Event {
         self
     }
 
-    /// The event's fields (a check's, made from it on first use).
+    /// The event's fields (a typed payload's, made from it on first use).
     pub fn fields(&self) -> &Fields {
-        self.fields.get_or_init(|| match &self.check {
-            Some(check) => check.to_fields(),
+        self.fields.get_or_init(|| match &self.typed {
+            Some(record) => record.to_fields(),
             None => Fields::new(),
         })
     }
 
-    /// The event's fields, to change. A check becomes a plain field map from here on: the
-    /// fields may no longer be a valid check.
+    /// The event's fields, to change. A typed payload becomes a plain field map from here on:
+    /// the fields may no longer be a valid record of its type.
     pub fn fields_mut(&mut self) -> &mut Fields {
-        if let Some(check) = self.check.take() {
+        if let Some(record) = self.typed.take() {
             if self.fields.get().is_none() {
-                let _ = self.fields.set(check.to_fields());
+                let _ = self.fields.set(record.to_fields());
             }
         }
         if self.fields.get().is_none() {
@@ -194,20 +254,20 @@ impl Event {
         (self.fields.into_inner().unwrap_or_default(), self.ack)
     }
 
-    /// Like [`Event::into_parts`], with the payload as it is: the check itself when the event
-    /// is one, otherwise its fields.
+    /// Like [`Event::into_parts`], with the payload as it is: the typed record itself when the
+    /// event has one, otherwise its fields.
     pub fn into_payload(self) -> (Payload, Option<AckHandle>) {
-        let payload = match self.check {
-            Some(check) => Payload::Check(check),
+        let payload = match self.typed {
+            Some(record) => Payload::Typed(record),
             None => Payload::Fields(self.fields.into_inner().unwrap_or_default()),
         };
         (payload, self.ack)
     }
 
-    /// The payload encoded as JSON: straight from the check when the event is one.
+    /// The payload encoded as JSON: straight from the typed record when the event has one.
     pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
-        match &self.check {
-            Some(check) => serde_json::to_vec(check),
+        match &self.typed {
+            Some(record) => record.to_json(),
             None => serde_json::to_vec(self.fields()),
         }
     }
@@ -237,10 +297,22 @@ impl Event {
 /// What an event carries, taken out of it by [`Event::into_payload`].
 #[derive(Debug)]
 pub enum Payload {
-    /// A check result, typed.
-    Check(Box<CheckResult>),
-    /// Fields of any other kind.
+    /// A typed record.
+    Typed(Box<dyn Typed>),
+    /// Fields.
     Fields(Fields),
+}
+
+impl Payload {
+    /// The typed record, if it is a `T`; the payload back otherwise.
+    pub fn downcast<T: Typed>(self) -> Result<Box<T>, Self> {
+        match self {
+            Self::Typed(record) if record.as_any().is::<T>() => {
+                Ok(record.into_any().downcast().expect("the type was checked"))
+            }
+            other => Err(other),
+        }
+    }
 }
 
 impl From<Fields> for Event {
@@ -253,50 +325,65 @@ impl From<Fields> for Event {
 mod tests {
     use super::*;
 
-    fn check() -> CheckResult {
-        let json = serde_json::json!({
-            "schema_version": 1, "check_id": "8a036c86-1f8f-5289-af3e-1f909db5869c",
-            "target": "site", "url": "https://example.com/", "method": "GET",
-            "scheduled_at": "2026-11-29T08:00:40.000Z", "started_at": "2026-11-29T08:00:40.001Z",
-            "response_time_ms": 12.5,
-            "timings_ms": {"dns": null, "connect": 1.0, "tls": null, "first_byte": 2.0, "transfer": 0.5},
-            "status_code": 200, "error": null, "regex": null, "regex_matched": null,
-            "latency_class": null, "up": true, "body_bytes": 2, "remote_addr": "127.0.0.1:80",
-            "http_version": "HTTP/1.1"
-        });
-        serde_json::from_value(json).unwrap()
+    /// A user's own record type, as a custom source would make.
+    #[derive(Debug, Clone, Serialize)]
+    struct Reading {
+        sensor: String,
+        celsius: f64,
+        ok: bool,
+    }
+
+    fn reading() -> Reading {
+        Reading {
+            sensor: "roof".into(),
+            celsius: 21.5,
+            ok: true,
+        }
     }
 
     #[test]
-    fn a_check_is_seen_as_fields_and_changed_in_place() {
-        let mut event = Event::from_check(check());
-        assert_eq!(event.get("target"), Some(&Value::from("site")));
-        event.check_mut().unwrap().up = false;
+    fn a_typed_payload_is_seen_as_fields_and_changed_in_place() {
+        let mut event = Event::from_typed(reading());
+        assert_eq!(event.get("sensor"), Some(&Value::from("roof")));
+        event.payload_mut::<Reading>().unwrap().ok = false;
         assert_eq!(
-            event.get("up"),
+            event.get("ok"),
             Some(&Value::from(false)),
-            "the view follows the check"
+            "the view follows the payload"
         );
         assert_eq!(
             event.to_json().unwrap(),
             serde_json::to_vec(event.fields()).unwrap(),
             "the same bytes whichever way"
         );
+        assert!(event.payload::<String>().is_none(), "another type: none");
+        let copy = event.clone();
+        assert_eq!(copy.payload::<Reading>().unwrap().sensor, "roof");
+        let (payload, _) = event.into_payload();
+        assert_eq!(payload.downcast::<Reading>().unwrap().celsius, 21.5);
     }
 
     #[test]
-    fn changing_a_checks_fields_makes_it_a_field_map() {
-        let mut event = Event::from_check(check());
+    fn changing_a_typed_payloads_fields_makes_it_a_field_map() {
+        let mut event = Event::from_typed(reading());
         event.insert("note", "by a user's transform");
-        assert!(event.check().is_none());
-        assert_eq!(event.get("target"), Some(&Value::from("site")));
+        assert!(event.payload::<Reading>().is_none());
+        assert_eq!(event.get("sensor"), Some(&Value::from("roof")));
         assert_eq!(
             event.get("note"),
             Some(&Value::from("by a user's transform"))
         );
         match event.into_payload().0 {
-            Payload::Fields(fields) => assert_eq!(fields.len(), 19),
-            Payload::Check(_) => panic!("no longer a check"),
+            Payload::Fields(fields) => assert_eq!(fields.len(), 4),
+            Payload::Typed(_) => panic!("no longer typed"),
         }
+    }
+
+    #[test]
+    fn a_payload_that_is_not_an_object_is_one_field() {
+        assert_eq!(
+            Event::from_typed(42_u32).fields(),
+            &Fields::from_iter([("value".to_owned(), Value::from(42))])
+        );
     }
 }

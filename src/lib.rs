@@ -1,24 +1,24 @@
 //! `pipe` runs pipelines described in YAML: a graph of [`Source`], [`Transform`] and [`Sink`]
 //! stages, wired by `inputs:`, validated as a whole, and run by one generic executor.
 //!
-//! The pieces, in the order data meets them:
-//! - [`config`] reads a pipeline file into stage entries, interpolating `${VAR}`s and locating
-//!   every problem;
-//! - [`registry`] maps each `type:` to a stage's typed config and build step;
-//! - [`compiler`] validates the whole pipeline and builds its stages, reporting every error at
-//!   once;
-//! - [`topology`] wires the built stages with bounded channels and runs them, with graceful
-//!   shutdown;
-//! - [`event`] and [`ack`] are what flows: events, and the acknowledgements that tell a source
-//!   when its events are durably handled;
-//! - [`stages`] holds the built-in stages, and beside it what they share: [`check`] (message
-//!   schema v1), [`schedule`] and [`libcurl`] (the checker's timing and transfers), [`kafka`],
-//!   [`database`] and [`migrate`] (the writer's services), [`secrets`], [`throttle`]
-//!   (warnings that repeat while a fault lasts);
-//! - [`report`] turns the writer's rollups and incidents into `pipe report`'s table, JSON and
-//!   HTML;
-//! - [`cli`] is the `pipe` command line, which other crates call with their own registry to
-//!   ship stages of their own (see `examples/custom_stage.rs`).
+//! The crate is the framework and the monitor built with it, in layers that only import
+//! downwards (docs/architecture.md, checked by a unit test):
+//! - the framework core: [`config`] reads a pipeline file into stage entries, interpolating
+//!   `${VAR}`s and locating every problem; [`registry`] maps each `type:` to a stage's typed
+//!   config and build step; [`stage`] holds the traits and what the executor hands a stage;
+//!   [`event`] and [`ack`] are what flows: events (a field map or a typed payload), and the
+//!   acknowledgements that tell a source when its events are durably handled; [`telemetry`],
+//!   [`throttle`] and [`logging`];
+//! - the executor: [`compiler`] validates the whole pipeline and builds its stages, reporting
+//!   every error at once; [`topology`] wires the built stages with bounded channels and runs
+//!   them, with graceful shutdown;
+//! - the monitor's services: [`check`] (message schema v1), [`schedule`] and [`libcurl`] (the
+//!   checker's timing and transfers), [`kafka`], [`database`] and [`migrate`] (the writer's),
+//!   [`secrets`];
+//! - the built-in stages ([`stages`], with `Registry::with_builtins`), and [`report`], which
+//!   turns the writer's rollups and incidents into `pipe report`'s table, JSON and HTML;
+//! - [`cli`], the `pipe` command line, which other crates call with their own registry to ship
+//!   stages of their own (see `examples/custom_stage.rs`).
 //!
 //! # Adding a stage
 //!
@@ -108,4 +108,93 @@ pub use ack::AckStatus;
 pub use config::diagnostic::ConfigError;
 pub use event::{Event, Fields, Origin};
 pub use registry::{BuildContext, Registry, StageConfig};
-pub use stage::{BoxError, Input, Output, Sink, SinkContext, Source, SourceContext, Transform};
+pub use stage::{
+    BoxError, Input, Output, Sink, SinkContext, Source, SourceContext, StageKind, Transform,
+};
+
+/// The layers of docs/architecture.md, checked: no module names a module of a higher layer
+/// (its unit tests aside, which may build with the built-in stages).
+#[cfg(test)]
+mod layers {
+    /// Each top-level module and its layer, as docs/architecture.md draws them.
+    const LAYERS: &[(&str, u8)] = &[
+        ("ack", 0),
+        ("config", 0),
+        ("event", 0),
+        ("logging", 0),
+        ("registry", 0),
+        ("stage", 0),
+        ("telemetry", 0),
+        ("throttle", 0),
+        ("compiler", 1),
+        ("topology", 1),
+        ("check", 2),
+        ("database", 2),
+        ("ip_guard", 2),
+        ("kafka", 2),
+        ("libcurl", 2),
+        ("migrate", 2),
+        ("schedule", 2),
+        ("secrets", 2),
+        ("report", 3),
+        ("stages", 3),
+        ("cli", 4),
+    ];
+
+    fn layer(module: &str) -> Option<u8> {
+        LAYERS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
+    }
+
+    /// The `crate::x` modules a source file's code names: outside comments (a doc may point
+    /// anywhere) and outside its `#[cfg(test)]` module.
+    fn named(text: &str) -> Vec<String> {
+        let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or(text);
+        code.lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .flat_map(|line| {
+                line.match_indices("crate::").map(move |(at, _)| {
+                    line[at + "crate::".len()..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                        .collect::<String>()
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn no_module_imports_from_a_higher_layer() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![src.clone()];
+        let mut upward = Vec::new();
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            let relative = path.strip_prefix(&src).unwrap();
+            let top = relative
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy();
+            let Some(own) = layer(top.trim_end_matches(".rs")) else {
+                continue; // lib.rs and main.rs sit above everything
+            };
+            let text = std::fs::read_to_string(&path).unwrap();
+            for module in named(&text) {
+                if layer(&module).is_some_and(|l| l > own) {
+                    upward.push(format!("{} names crate::{module}", relative.display()));
+                }
+            }
+        }
+        upward.sort();
+        upward.dedup();
+        assert!(
+            upward.is_empty(),
+            "imports from a higher layer:\n{}",
+            upward.join("\n")
+        );
+    }
+}

@@ -2,60 +2,21 @@
 //!
 //! A stage type is a config struct that implements [`StageConfig`]: its YAML `type:` name, a
 //! one-line description, and a `build` step that validates the settings and compiles everything
-//! up front. [`Registry::register`] adds it. Built-in stages are registered in
-//! [`crate::stages::register_builtins`], one line each; another crate adds its own the same way
-//! before calling [`crate::cli::main`]. The shape follows arroyo's connector registry
+//! up front. [`Registry::register`] adds it. The built-in stages are registered by
+//! `Registry::with_builtins`, one line each, in `src/stages/mod.rs` (above this module: the
+//! registry knows no stage); another crate adds its own the same way before calling
+//! `pipe::cli::main`. The shape follows arroyo's connector registry
 //! (`crates/arroyo-connectors/src/lib.rs`): a plain list is easier to read than link-time magic,
 //! and a missing stage fails loudly.
 
-use std::fmt;
 use std::path::PathBuf;
 
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde_norway::Value;
 
 use crate::config::diagnostic::ConfigError;
-use crate::stage::{Sink, Source, Transform};
+use crate::stage::{Sink, Source, StageKind, Transform};
 use crate::telemetry::Telemetry;
-
-/// Source, transform or sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum StageKind {
-    /// Produces events.
-    Source,
-    /// Turns each event into zero or more.
-    Transform,
-    /// Consumes events.
-    Sink,
-}
-
-impl StageKind {
-    /// The top-level key of a pipeline file that holds this kind.
-    pub fn section(self) -> &'static str {
-        match self {
-            Self::Source => "sources",
-            Self::Transform => "transforms",
-            Self::Sink => "sinks",
-        }
-    }
-
-    /// The kind a top-level key of a pipeline file holds (`sources` → source).
-    pub fn from_section(section: &str) -> Option<Self> {
-        [Self::Source, Self::Transform, Self::Sink]
-            .into_iter()
-            .find(|kind| kind.section() == section)
-    }
-}
-
-impl fmt::Display for StageKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Source => "source",
-            Self::Transform => "transform",
-            Self::Sink => "sink",
-        })
-    }
-}
 
 /// What a stage's build step may use.
 #[derive(Clone)]
@@ -198,13 +159,6 @@ impl Registry {
         Self::default()
     }
 
-    /// A registry with every built-in stage.
-    pub fn with_builtins() -> Self {
-        let mut registry = Self::new();
-        crate::stages::register_builtins(&mut registry);
-        registry
-    }
-
     /// Adds a stage type.
     ///
     /// # Panics
@@ -315,17 +269,6 @@ fn struct_fields<C: DeserializeOwned>() -> &'static [&'static str] {
 mod tests {
     use super::*;
     use crate::stages::sinks::console::ConsoleConfig;
-
-    #[test]
-    fn knows_builtins_by_kind_and_name() {
-        let registry = Registry::with_builtins();
-        assert!(registry.get(StageKind::Sink, "console").is_some());
-        assert!(registry.get(StageKind::Source, "console").is_none());
-        assert!(registry.type_names(StageKind::Source).contains(&"generate"));
-        assert!(registry
-            .type_names(StageKind::Transform)
-            .contains(&"regex_match"));
-    }
 
     #[test]
     fn reads_field_names_from_the_config_struct() {

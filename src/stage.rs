@@ -5,6 +5,7 @@
 //! each event (see [`crate::ack`]). Each stage runs in its own task; the channels between them
 //! are bounded, so a slow sink slows its sources down instead of growing memory.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,45 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::Event;
+
+/// Source, transform or sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StageKind {
+    /// Produces events.
+    Source,
+    /// Turns each event into zero or more.
+    Transform,
+    /// Consumes events.
+    Sink,
+}
+
+impl StageKind {
+    /// The top-level key of a pipeline file that holds this kind.
+    pub fn section(self) -> &'static str {
+        match self {
+            Self::Source => "sources",
+            Self::Transform => "transforms",
+            Self::Sink => "sinks",
+        }
+    }
+
+    /// The kind a top-level key of a pipeline file holds (`sources` → source).
+    pub fn from_section(section: &str) -> Option<Self> {
+        [Self::Source, Self::Transform, Self::Sink]
+            .into_iter()
+            .find(|kind| kind.section() == section)
+    }
+}
+
+impl fmt::Display for StageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Source => "source",
+            Self::Transform => "transform",
+            Self::Sink => "sink",
+        })
+    }
+}
 
 /// The error type stages return: anything that can explain itself.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -28,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 use crate::compiler::{CompiledPipeline, CompiledStage};
 use crate::config::duration;
 use crate::event::Event;
-use crate::registry::{BuiltStage, StageKind};
+use crate::registry::BuiltStage;
+use crate::stage::StageKind;
 use crate::stage::{
     BoxError, DownstreamClosed, Input, Output, SinkContext, SourceContext, Transform,
 };

@@ -8,7 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pipe::ack::{self, Acknowledger, Completion};
 use pipe::compiler::{CompiledPipeline, CompiledStage};
-use pipe::registry::{BuiltStage, StageKind};
+use pipe::registry::BuiltStage;
+use pipe::stage::StageKind;
 use pipe::topology::{self, RunError, RunOptions};
 use pipe::{
     AckStatus, BoxError, Event, Input, Sink, SinkContext, Source, SourceContext, Transform,

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::registry::StageKind;
+use crate::stage::StageKind;
 
 /// How bad a diagnostic is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

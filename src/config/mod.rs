@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde_norway::{Mapping, Value};
 
-use crate::registry::StageKind;
+use crate::stage::StageKind;
 use diagnostic::{Diagnostic, Location, Severity, StageRef};
 use locate::{join_key, Locations};
 

@@ -1127,11 +1127,15 @@ impl PostgresSink {
             }
             let (payload, ack) = event.into_payload();
             acks.extend(ack);
-            let decoded = match payload {
-                Payload::Check(check) => Ok(*check),
+            let decoded = match payload.downcast::<CheckResult>() {
+                Ok(check) => Ok(*check),
                 // Fields from elsewhere (a `json` source, a transform that rewrote them).
-                Payload::Fields(fields) => {
+                Err(Payload::Fields(fields)) => {
                     serde_json::from_value::<CheckResult>(Value::Object(fields))
+                }
+                // A user's own typed record: read through its fields.
+                Err(Payload::Typed(record)) => {
+                    serde_json::from_value::<CheckResult>(Value::Object(record.to_fields()))
                 }
             };
             let check = match decoded {

@@ -29,7 +29,7 @@
 //! retried without end, with a warning at most every 30 s saying how long they have lasted.
 //!
 //! A partition the broker cannot serve, where every fetch fails while messages wait, looks to
-//! librdkafka like any passing fault, retried for ever: the stall watchdog ([`stall`]) names
+//! librdkafka like any passing fault, retried for ever: the stall watchdog (`stall.rs`) names
 //! it, makes the stage not ready at once, and stops the source after `stall_timeout`.
 
 mod stall;
