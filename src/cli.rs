@@ -9,17 +9,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use slog::{error, info, warn};
 
 use crate::compiler::{self, CompiledPipeline};
 use crate::config::diagnostic::Diagnostics;
 use crate::config::duration;
+use crate::history::incidents::Thresholds;
+use crate::history::rebuild;
 use crate::logging::{self, LogFormat, LogLevel};
 use crate::registry::Registry;
 use crate::stage::StageKind;
-use crate::stages::sinks::postgres::incidents::Thresholds;
-use crate::stages::sinks::postgres::rebuild;
 use crate::topology::{self, RunOptions};
 
 #[derive(Debug, Parser)]
@@ -42,20 +42,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a pipeline until its sources finish, or until SIGINT/SIGTERM and a graceful drain.
-    Run {
-        /// The pipeline file.
-        file: PathBuf,
-        /// How long in-flight events may take to drain after a stop signal.
-        #[arg(long, default_value = "30s", value_parser = duration::parse)]
-        grace: Duration,
-        /// Events each stage's input channel holds before upstream stages wait.
-        #[arg(long, default_value_t = RunOptions::default().channel_capacity)]
-        buffer: usize,
-        /// Serve /metrics (Prometheus), /health and /ready on this address only, such as
-        /// 127.0.0.1:9898. Default: no server.
-        #[arg(long, value_name = "HOST:PORT")]
-        http_addr: Option<String>,
-    },
+    Run(RunArgs),
     /// Check pipeline files and print every problem; exit 1 if any has an error.
     Validate {
         /// The pipeline files.
@@ -77,26 +64,7 @@ enum Command {
     },
     /// Report uptime, response times and incidents from the rollups: a table, JSON, or a
     /// self-contained HTML page.
-    Report {
-        /// The PostgreSQL URL (libpq style, `sslmode` and `sslrootcert` understood).
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
-        /// Start of the range: a duration before --until (7d, 24h) or an RFC 3339 time.
-        #[arg(long, default_value = "7d")]
-        since: String,
-        /// End of the range, an RFC 3339 time. Default: now.
-        #[arg(long)]
-        until: Option<String>,
-        /// Only this target (repeatable). Default: all.
-        #[arg(long = "target", value_name = "NAME")]
-        targets: Vec<String>,
-        /// What to write.
-        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
-        format: ReportFormat,
-        /// Write to this file instead of standard output.
-        #[arg(long, short)]
-        output: Option<PathBuf>,
-    },
+    Report(ReportArgs),
     /// Maintain the rollups and incidents that the postgres sink keeps.
     Rollups {
         #[command(subcommand)]
@@ -110,6 +78,63 @@ enum Command {
     },
     /// Print the manual page (roff): `pipe man > /usr/local/share/man/man1/pipe.1`.
     Man,
+}
+
+/// `pipe run`.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The pipeline file.
+    file: PathBuf,
+    /// How long in-flight events may take to drain after a stop signal.
+    #[arg(long, default_value = "30s", value_parser = duration::parse)]
+    grace: Duration,
+    /// Events each stage's input channel holds before upstream stages wait.
+    #[arg(long, default_value_t = RunOptions::default().channel_capacity)]
+    buffer: usize,
+    /// Serve /metrics (Prometheus), /health and /ready on this address only, such as
+    /// 127.0.0.1:9898. Default: no server.
+    #[arg(long, value_name = "HOST:PORT")]
+    http_addr: Option<String>,
+}
+
+/// `pipe report`.
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// The PostgreSQL URL (libpq style, `sslmode` and `sslrootcert` understood).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Start of the range: a duration before --until (7d, 24h) or an RFC 3339 time.
+    #[arg(long, default_value = "7d")]
+    since: String,
+    /// End of the range, an RFC 3339 time. Default: now.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only this target (repeatable). Default: all.
+    #[arg(long = "target", value_name = "NAME")]
+    targets: Vec<String>,
+    /// What to write.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    format: ReportFormat,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+/// `pipe rollups rebuild`.
+#[derive(Debug, Args)]
+struct RebuildArgs {
+    /// The PostgreSQL URL (libpq style, `sslmode` and `sslrootcert` understood).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Only the days from this long ago, such as 30d. Default: every day with checks.
+    #[arg(long, value_parser = duration::parse)]
+    since: Option<Duration>,
+    /// Failed checks in a row that make an incident: the postgres sink's `down_after`.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    down_after: u32,
+    /// Good checks in a row that end one: the postgres sink's `up_after`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    up_after: u32,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -127,20 +152,7 @@ enum RollupsCommand {
     /// Recompute rollups and incidents from the raw checks, one UTC day per transaction
     /// (for checks stored before migration 3, or after changing down_after or up_after).
     /// Idempotent; running writers wait for each day, then go on.
-    Rebuild {
-        /// The PostgreSQL URL (libpq style, `sslmode` and `sslrootcert` understood).
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
-        /// Only the days from this long ago, such as 30d. Default: every day with checks.
-        #[arg(long, value_parser = duration::parse)]
-        since: Option<Duration>,
-        /// Failed checks in a row that make an incident: the postgres sink's `down_after`.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-        down_after: u32,
-        /// Good checks in a row that end one: the postgres sink's `up_after`.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-        up_after: u32,
-    },
+    Rebuild(RebuildArgs),
 }
 
 /// Parses the command line and runs it with the stages in `registry`.
@@ -157,12 +169,7 @@ pub fn main(registry: Registry) -> ExitCode {
     // Stages may create clients that need a runtime while they build, so everything runs in it.
     runtime.block_on(async {
         match cli.command {
-            Command::Run {
-                file,
-                grace,
-                buffer,
-                http_addr,
-            } => run(&registry, &logger, file, grace, buffer, http_addr).await,
+            Command::Run(args) => run(&registry, &logger, args).await,
             Command::Validate { files } => validate(&registry, &logger, &files),
             Command::Graph { file } => graph(&registry, &logger, file),
             Command::Stages => {
@@ -170,40 +177,10 @@ pub fn main(registry: Registry) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Command::Migrate { database_url } => migrate(&logger, &database_url).await,
-            Command::Report {
-                database_url,
-                since,
-                until,
-                targets,
-                format,
-                output,
-            } => {
-                report(
-                    &logger,
-                    &database_url,
-                    &since,
-                    until.as_deref(),
-                    targets,
-                    format,
-                    output,
-                )
-                .await
-            }
+            Command::Report(args) => report(&logger, args).await,
             Command::Rollups {
-                command:
-                    RollupsCommand::Rebuild {
-                        database_url,
-                        since,
-                        down_after,
-                        up_after,
-                    },
-            } => {
-                let thresholds = Thresholds {
-                    down_after,
-                    up_after,
-                };
-                rebuild_rollups(&logger, &database_url, since, thresholds).await
-            }
+                command: RollupsCommand::Rebuild(args),
+            } => rebuild_rollups(&logger, args).await,
             Command::Completions { shell } => {
                 clap_complete::generate(shell, &mut Cli::command(), "pipe", &mut std::io::stdout());
                 ExitCode::SUCCESS
@@ -248,14 +225,13 @@ fn print_diagnostics(diagnostics: &Diagnostics) {
     eprintln!("{errors} error{}", if errors == 1 { "" } else { "s" });
 }
 
-async fn run(
-    registry: &Registry,
-    logger: &slog::Logger,
-    file: PathBuf,
-    grace: Duration,
-    buffer: usize,
-    http_addr: Option<String>,
-) -> ExitCode {
+async fn run(registry: &Registry, logger: &slog::Logger, args: RunArgs) -> ExitCode {
+    let RunArgs {
+        file,
+        grace,
+        buffer,
+        http_addr,
+    } = args;
     let Some(pipeline) = load(registry, logger, &file) else {
         return ExitCode::FAILURE;
     };
@@ -393,13 +369,13 @@ async fn migrate(logger: &slog::Logger, url: &str) -> ExitCode {
     }
 }
 
-async fn rebuild_rollups(
-    logger: &slog::Logger,
-    url: &str,
-    since: Option<Duration>,
-    thresholds: Thresholds,
-) -> ExitCode {
-    let Some(database) = database_from(logger, url) else {
+async fn rebuild_rollups(logger: &slog::Logger, args: RebuildArgs) -> ExitCode {
+    let since = args.since;
+    let thresholds = Thresholds {
+        down_after: args.down_after,
+        up_after: args.up_after,
+    };
+    let Some(database) = database_from(logger, &args.database_url) else {
         return ExitCode::FAILURE;
     };
     let target = database.to_string();
@@ -450,32 +426,31 @@ fn parse_since(text: &str, until: std::time::SystemTime) -> Result<std::time::Sy
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn report(
-    logger: &slog::Logger,
-    url: &str,
-    since: &str,
-    until: Option<&str>,
-    targets: Vec<String>,
-    format: ReportFormat,
-    output: Option<PathBuf>,
-) -> ExitCode {
+async fn report(logger: &slog::Logger, args: ReportArgs) -> ExitCode {
     use std::io::IsTerminal;
+    let ReportArgs {
+        database_url,
+        since,
+        until,
+        targets,
+        format,
+        output,
+    } = args;
     let fail = |message: String| {
         error!(logger, "{message}");
         ExitCode::FAILURE
     };
-    let Some(database) = database_from(logger, url) else {
+    let Some(database) = database_from(logger, &database_url) else {
         return ExitCode::FAILURE;
     };
-    let until = match until {
+    let until = match until.as_deref() {
         None => std::time::SystemTime::now(),
         Some(text) => match humantime::parse_rfc3339_weak(text) {
             Ok(until) => until,
             Err(e) => return fail(format!("--until `{text}` is not an RFC 3339 time: {e}")),
         },
     };
-    let since = match parse_since(since, until) {
+    let since = match parse_since(&since, until) {
         Ok(since) => since,
         Err(message) => return fail(message),
     };

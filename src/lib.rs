@@ -14,7 +14,8 @@
 //!   them, with graceful shutdown;
 //! - the monitor's services: [`check`] (message schema v1), [`schedule`] and [`libcurl`] (the
 //!   checker's timing and transfers), [`kafka`], [`database`] and [`migrate`] (the writer's),
-//!   [`secrets`];
+//!   [`history`] (rollups, latency histograms, incidents and their rebuild, kept by the
+//!   `postgres` sink and read by `pipe report`), [`secrets`];
 //! - the built-in stages ([`stages`], with `Registry::with_builtins`), and [`report`], which
 //!   turns the writer's rollups and incidents into `pipe report`'s table, JSON and HTML;
 //! - [`cli`], the `pipe` command line, which other crates call with their own registry to ship
@@ -89,6 +90,7 @@ pub mod compiler;
 pub mod config;
 pub mod database;
 pub mod event;
+pub mod history;
 pub mod ip_guard;
 pub mod kafka;
 pub mod libcurl;
@@ -133,6 +135,7 @@ mod layers {
         ("ip_guard", 2),
         ("kafka", 2),
         ("libcurl", 2),
+        ("history", 2),
         ("migrate", 2),
         ("schedule", 2),
         ("secrets", 2),

@@ -230,3 +230,12 @@ impl Input {
         event
     }
 }
+
+/// Sleeps until `deadline`, or for ever without one: a `select!` branch for an optional timer
+/// (a batch's timeout, a grace period), which a stage then guards with `if deadline.is_some()`.
+pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -319,7 +319,7 @@ pub async fn run(
                       "grace" => duration::format(options.grace));
                 begin_shutdown(&mut deadline);
             }
-            () = sleep_until(deadline), if deadline.is_some() => {
+            () = crate::stage::sleep_until(deadline), if deadline.is_some() => {
                 let mut stages: Vec<String> = infos.values().map(|i| format!("`{}`", i.id)).collect();
                 stages.sort();
                 let stages = stages.join(", ");
@@ -378,13 +378,6 @@ async fn preflight(stages: &mut [CompiledStage], logger: &slog::Logger) -> Resul
         }
     }
     first.map_or(Ok(()), Err)
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {

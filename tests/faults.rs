@@ -20,11 +20,10 @@ use support::writer::{
 use support::{history, http, unique_name};
 
 /// The postgres sink's default incident thresholds, which the writers here use.
-const THRESHOLDS: pipe::stages::sinks::postgres::incidents::Thresholds =
-    pipe::stages::sinks::postgres::incidents::Thresholds {
-        down_after: 3,
-        up_after: 1,
-    };
+const THRESHOLDS: pipe::history::incidents::Thresholds = pipe::history::incidents::Thresholds {
+    down_after: 3,
+    up_after: 1,
+};
 
 /// One test at a time: each stops services the others use. (tokio's lock does not poison, so a
 /// failed test does not fail the ones after it.)

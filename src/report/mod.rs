@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::check::rfc3339_millis;
-use crate::stages::sinks::postgres::rollups::Histogram;
+use crate::history::histogram::Histogram;
 
 /// Longest range reported in hourly buckets.
 const HOURLY_UP_TO: Duration = Duration::from_secs(7 * 86_400);
@@ -231,26 +231,17 @@ impl From<postgres::Error> for ReportError {
     }
 }
 
-/// Levenshtein distance, for naming the closest targets to a mistyped one.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut current = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous[j] + usize::from(ca != *cb);
-            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
-        }
-        previous = current;
-    }
-    previous[b.len()]
-}
-
-/// Up to three known names closest to `name`.
+/// Up to three known names closest to `name`, by Levenshtein distance (strsim's, the crate
+/// clap's own suggestions use).
 fn closest(name: &str, known: &[String]) -> Vec<String> {
     let mut scored: Vec<(usize, &String)> = known
         .iter()
-        .map(|k| (distance(&name.to_lowercase(), &k.to_lowercase()), k))
+        .map(|k| {
+            (
+                strsim::levenshtein(&name.to_lowercase(), &k.to_lowercase()),
+                k,
+            )
+        })
         .filter(|(d, k)| *d <= (k.chars().count().max(name.chars().count()) / 2).max(2))
         .collect();
     scored.sort();
@@ -506,7 +497,6 @@ mod tests {
         assert_eq!(closest("shop-e", &known), ["shop-eu", "shop"]);
         assert_eq!(closest("API", &known), ["api"]);
         assert!(closest("completely-different", &known).is_empty());
-        assert_eq!(distance("kitten", "sitting"), 3);
     }
 
     #[test]

@@ -868,13 +868,6 @@ pub fn decode_payload(payload: &[u8], format: Format, max_bytes: usize) -> Resul
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[async_trait]
 impl Source for KafkaSource {
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), BoxError> {
@@ -916,7 +909,7 @@ impl Source for KafkaSource {
                         self.drained(&mut blocked_since, &logger);
                     }
                 }
-                () = sleep_until(blocked_since.map(|t| t + PAUSE_AFTER)), if blocked_since.is_some() && !paused => {
+                () = crate::stage::sleep_until(blocked_since.map(|t| t + PAUSE_AFTER)), if blocked_since.is_some() && !paused => {
                     self.set_paused(true, &logger);
                 }
                 _ = stall_check.tick() => {

@@ -2,15 +2,15 @@
 //! `promtool check metrics` and carries no secret, and `pipe run --http-addr` serves all three
 //! endpoints. Readiness under stopped services is in `tests/faults.rs`.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::metrics::{self, sum};
+use crate::support::writer::{self, wait_for};
+use crate::support::{http, pipeline, unique_name};
 use pipe::telemetry::Format;
 use pipe::topology::RunOptions;
-use support::metrics::{self, sum};
-use support::writer::{self, wait_for};
-use support::{http, pipeline, unique_name};
 
 #[tokio::test]
 async fn checker_counters_equal_the_checks_made_and_pass_promtool() {

@@ -4,16 +4,16 @@
 //! section per target, charts drawn, the same figures as the JSON; and a screenshot under
 //! `target/report/`. Needs the local PostgreSQL.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
+use crate::support::history::{day_start, store, with_client, Random};
 use pipe::check::{check_id, CheckError, CheckResult, ErrorKind, Timings, SCHEMA_VERSION};
 use serde_json::Value;
-use support::history::{day_start, store, with_client, Random};
 
 const STATED_ERROR: f64 = 0.0433;
 

@@ -3,16 +3,16 @@
 //! sequences whatever the batching, and `pipe rollups rebuild` gives the same answers.
 //! Needs the local PostgreSQL (`scripts/test`).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use pipe::check::{check_id, CheckError, CheckResult, ErrorKind, Timings, SCHEMA_VERSION};
-use pipe::stages::sinks::postgres::incidents::{Incident, Thresholds};
-use support::history::{
+use crate::support::history::{
     day_start, replayed_incidents, rollup_differences, store, stored_incidents, with_client, Random,
 };
+use pipe::check::{check_id, CheckError, CheckResult, ErrorKind, Timings, SCHEMA_VERSION};
+use pipe::history::incidents::{Incident, Thresholds};
 
 /// The relative error the histograms promise: (γ-1)/(γ+1) with γ = 2^(1/8).
 const STATED_ERROR: f64 = 0.0433;
@@ -629,7 +629,7 @@ async fn the_writers_down_cause_is_pipe_down_cause() {
                                     )
                                     .unwrap()
                                     .get(0);
-                                let rust = pipe::stages::sinks::postgres::down_cause(
+                                let rust = pipe::history::down_cause(
                                     up, *kind, status, regex, *class, cert,
                                 );
                                 cases += 1;

@@ -10,16 +10,16 @@
 //! messages it held went with the revoked partitions, and librdkafka keeps a partition's pause
 //! when it is given back.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::writer::{ids, stored_ids, wait_for};
+use crate::support::{pipeline, unique_name, writer};
 use pipe::topology::RunOptions;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
-use support::writer::{ids, stored_ids, wait_for};
-use support::{pipeline, unique_name, writer};
 
 /// Source options for tests that rebalance: short sessions (6 s, the broker's least by default)
 /// and frequent heartbeats, so that a member that left is noticed soon.

@@ -1,17 +1,17 @@
 //! The checker's stages end to end against local HTTP servers: one real YAML pipeline,
 //! `http_probe → regex_match → latency → capture`, probing every case once.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::support::http;
+use crate::support::pipeline;
 use pipe::check::{CheckResult, ErrorKind, LatencyClass, SCHEMA_VERSION};
 use pipe::stages::sources::http_probe::DEFAULT_USER_AGENT;
 use pipe::topology::RunOptions;
 use serde_json::Value;
-use support::http;
-use support::pipeline;
 
 struct Outcome {
     result: CheckResult,

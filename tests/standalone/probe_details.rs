@@ -3,7 +3,7 @@
 //! the address family, checks through a proxy, the private-address guard, and the checker's
 //! identity. Every message is validated against `docs/check-v1.schema.json`.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::{http, pipeline, tls};
 use openssl::asn1::Asn1Time;
 use openssl::x509::X509;
 use pipe::check::{CheckResult, ErrorKind};
 use pipe::topology::RunOptions;
 use serde_json::Value;
-use support::{http, pipeline, tls};
 
 /// Runs `http_probe` with `settings` (stage-level YAML lines, indented four spaces) and
 /// `targets` until each of `count` targets has reported once; returns the first result of each.

@@ -1,15 +1,15 @@
 //! The writer when things go wrong: killed mid-stream, its database restarted, its consumer
 //! group shared and left, and its TLS checked against certificates made here.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::writer::{self, ids, scalar_or_minus_one, stored_ids, wait_for};
+use crate::support::{pipeline, unique_name};
 use pipe::database::Database;
 use pipe::topology::RunOptions;
-use support::writer::{self, ids, scalar_or_minus_one, stored_ids, wait_for};
-use support::{pipeline, unique_name};
 
 const TWO_MINUTES: Duration = Duration::from_secs(120);
 

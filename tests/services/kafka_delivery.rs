@@ -3,17 +3,17 @@
 //! at start, a lost result reflected in the exit code, and an unreadable batch that stops the
 //! writer with its location instead of spinning.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::{pipeline, unique_name};
 use pipe::topology::RunOptions;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use support::{pipeline, unique_name};
 
 /// A producer that writes real batches: up to 1,000 records each, within 50 ms.
 fn batching_producer(brokers: &str, compression: &str) -> FutureProducer {

@@ -3,14 +3,14 @@
 //! (`ssl.client.auth=required`), and SASL_SSL with a SCRAM user. Both serve a certificate for
 //! `localhost` only, so a client that connects by address fails host-name verification.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::{pipeline, tls, unique_name};
 use pipe::topology::RunOptions;
-use support::{pipeline, tls, unique_name};
 
 /// What `scripts/dev-services env` says of the broker's TLS listeners.
 struct Listeners {

@@ -1,6 +1,6 @@
 //! The pipeline files shipped in `pipelines/` work as written, run by the real binary.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 

@@ -5,17 +5,17 @@
 //! A test binary of its own: the trusted certificate reaches libcurl through `SSL_CERT_FILE`,
 //! which is read once per process, before the first request.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::pipeline;
 use openssl::ssl::{SslAcceptor, SslMethod};
 use pipe::check::CheckResult;
 use pipe::topology::RunOptions;
 use serde_json::Value;
-use support::pipeline;
 
 /// A TLS server for `localhost` that records, for each handshake, whether it resumed a session.
 /// It keeps OpenSSL's defaults, which offer resumption (session cache and TLS 1.3 tickets).
@@ -59,7 +59,6 @@ async fn every_check_makes_a_full_tls_handshake() {
     let dir = tempfile::tempdir().unwrap();
     let trusted = dir.path().join("trusted.pem");
     std::fs::write(&trusted, cert.to_pem().unwrap()).unwrap();
-    std::env::set_var("SSL_CERT_FILE", &trusted);
     let (port, resumed) = start_trusted_tls(&cert, &key);
 
     let channel = support::unique_name("tls");
@@ -72,6 +71,7 @@ sources:
     type: http_probe
     interval: 200ms
     timeout: 5s
+    tls_ca_file: '{}'
     targets:
       - {{ name: site, url: 'https://localhost:{port}/' }}
 sinks:
@@ -79,7 +79,8 @@ sinks:
     type: capture
     inputs: [probe]
     channel: {channel}
-"
+",
+            trusted.display()
         ),
         RunOptions::default(),
     );

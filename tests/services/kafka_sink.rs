@@ -1,15 +1,15 @@
 //! The `kafka` sink against a real broker: the checker pipeline publishes exactly what it
 //! produced, keyed by target, in schema v1; and results wait for a broker that starts late.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use crate::support::{http, pipeline};
 use pipe::check::CheckResult;
 use pipe::topology::RunOptions;
 use serde_json::Value;
-use support::{http, pipeline};
 
 #[tokio::test]
 async fn the_checker_publishes_every_result_once_keyed_by_target() {

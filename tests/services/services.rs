@@ -1,7 +1,7 @@
 //! The local services that `scripts/test` starts are real and usable: a Kafka-protocol round
 //! trip through the broker and a PostgreSQL round trip.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,14 +1,14 @@
 //! The writer against the local broker and PostgreSQL: every check that reached Kafka is
 //! stored once, whatever is thrown at it.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::writer::{self, ids, scalar, stored_ids, strings, wait_for};
+use crate::support::{pipeline, unique_name};
 use pipe::topology::RunOptions;
-use support::writer::{self, ids, scalar, stored_ids, strings, wait_for};
-use support::{pipeline, unique_name};
 
 const MINUTE: Duration = Duration::from_secs(60);
 

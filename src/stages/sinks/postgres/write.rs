@@ -1,0 +1,523 @@
+//! One batch in one transaction: its partitions, targets, TLS details and checkers, its checks
+//! (a plain insert first, `ON CONFLICT` after a redelivery), what they add to the rollups and
+//! incidents, and its dead letters; on a row the database refuses, row by row under savepoints.
+//! Blocking: called inside `spawn_blocking`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use postgres::error::SqlState;
+use postgres_openssl::MakeTlsConnector;
+use r2d2::Pool;
+use r2d2_postgres::PostgresConnectionManager;
+use uuid::Uuid;
+
+use crate::check::CheckResult;
+use crate::check::TlsInfo;
+use crate::database;
+use crate::history::dimensions::{self, CheckerKey};
+use crate::history::incidents::{self, Series, Thresholds};
+use crate::history::{date_of_day, down_cause, rollups, StoredCheck, REBUILD_LOCK};
+
+use super::row::*;
+
+/// The connection pool.
+pub(super) type PgPool = Pool<PostgresConnectionManager<MakeTlsConnector>>;
+
+/// A failed database step: retry it, or isolate the rows that cause it.
+pub(super) enum WriteError {
+    Transient(String),
+    Permanent(String),
+}
+
+impl From<postgres::Error> for WriteError {
+    fn from(error: postgres::Error) -> Self {
+        if database::is_transient(&error) {
+            Self::Transient(database::describe(&error))
+        } else {
+            Self::Permanent(database::describe(&error))
+        }
+    }
+}
+
+impl From<r2d2::Error> for WriteError {
+    fn from(error: r2d2::Error) -> Self {
+        // No connection could be had: the database is down or unreachable.
+        Self::Transient(format!("no database connection: {error}"))
+    }
+}
+
+/// The insert of a batch's checks, one `unnest` per column in the select list: set-returning
+/// functions there run in step (PostgreSQL 10 and later), and unlike `unnest(a, b, …)` in
+/// `FROM` their rows are not first collected in a tuplestore (5,000-check inserts: 32–43 ms,
+/// against 48–50 ms).
+macro_rules! insert_checks_sql {
+    () => {
+        "\
+INSERT INTO checks (checked_at, target_id, start_delay_ms, response_time_us, dns_us,
+    connect_us, tls_us, first_byte_us, transfer_us, body_bytes, remote_port, tls_id,
+    error_kind, latency_class, region_id, checker_id, status_code, http_version, up,
+    regex_matched, cert_expires_soon, remote_ip, check_id, error_message, captures)
+SELECT unnest($1::timestamptz[]), unnest($2::int4[]), unnest($3::int4[]), unnest($4::int4[]),
+    unnest($5::int4[]), unnest($6::int4[]), unnest($7::int4[]), unnest($8::int4[]),
+    unnest($9::int4[]), unnest($10::int4[]), unnest($11::int4[]), unnest($12::int4[]),
+    unnest($13::text[]::check_error_kind[]), unnest($14::text[]::check_latency_class[]),
+    unnest($15::int2[]), unnest($16::int2[]), unnest($17::int2[]), unnest($18::int2[]),
+    unnest($19::bool[]), unnest($20::bool[]), unnest($21::bool[]), unnest($22::inet[]),
+    unnest($23::uuid[]), unnest($24::text[]), unnest($25::jsonb[])"
+    };
+}
+
+/// Inserts checks none of which is stored yet: a batch's first attempt. A check already stored
+/// (a redelivery) fails it with a unique violation, and the batch goes again with
+/// [`INSERT_CHECKS`]. In the common case the conflict check and `RETURNING` are work for
+/// nothing: without them PostgreSQL spent 9.6–9.9 µs a check in the whole writer, against
+/// 10.5–11.3 (`cargo bench --bench writer -- backlog`).
+pub(super) const INSERT_NEW_CHECKS: &str = insert_checks_sql!();
+
+/// Inserts checks some of which may be stored already, and returns those inserted, with what
+/// the rollups and incidents need of them.
+pub(super) const INSERT_CHECKS: &str = concat!(
+    insert_checks_sql!(),
+    "\nON CONFLICT DO NOTHING
+RETURNING target_id, region_id, checked_at, ",
+    crate::history::stored_check_columns!()
+);
+
+/// `time` as a `timestamptz` column holds it: in whole microseconds, cut toward
+/// 2000-01-01 (PostgreSQL's epoch) as the driver's conversion cuts it.
+pub(super) fn stored_time(time: SystemTime) -> SystemTime {
+    const POSTGRES_EPOCH: Duration = Duration::from_secs(946_684_800);
+    let epoch = UNIX_EPOCH + POSTGRES_EPOCH;
+    let whole = |d: Duration| Duration::new(d.as_secs(), d.subsec_micros() * 1000);
+    match time.duration_since(epoch) {
+        Ok(after) => epoch + whole(after),
+        Err(before) => epoch - whole(before.duration()),
+    }
+}
+
+/// A row the transaction inserted, as it is stored.
+pub(super) fn stored_check(row: &Row, series: Series) -> StoredCheck {
+    StoredCheck {
+        series,
+        at: stored_time(row.checked_at),
+        up: row.up,
+        cause: down_cause(
+            row.up,
+            row.error_kind,
+            row.status_code,
+            row.regex_matched,
+            row.latency_class,
+            row.cert_expires_soon,
+        ),
+        responded: row.status_code.is_some(),
+        response_time_us: row.response_time_us,
+    }
+}
+
+pub(super) const UPSERT_TARGETS: &str = "\
+INSERT INTO targets (name, url, method, regex)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+ON CONFLICT (name) DO UPDATE
+    SET url = excluded.url, method = excluded.method, regex = excluded.regex, updated_at = now()
+RETURNING id, name";
+
+pub(super) const INSERT_DEAD_LETTERS: &str = "\
+INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, error, payload)
+SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[], $5::bytea[])
+ON CONFLICT DO NOTHING";
+
+/// The ids a batch's rows point to.
+#[derive(Default)]
+pub(super) struct Ids {
+    pub(super) targets: HashMap<String, i32>,
+    pub(super) tls: HashMap<Uuid, i32>,
+    pub(super) checkers: HashMap<CheckerKey, i16>,
+    pub(super) regions: HashMap<String, i16>,
+}
+
+/// What an insert may assume of its checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Insert {
+    /// None is stored yet ([`INSERT_NEW_CHECKS`]): a check already there fails the statement.
+    New,
+    /// Some may be stored already, and are left as they are ([`INSERT_CHECKS`]).
+    MaybeStored,
+}
+
+/// Inserts `rows` (all of whose targets, TLS details, checkers and regions have ids) with one
+/// statement; returns the checks stored (not those already there).
+pub(super) fn insert_checks(
+    client: &mut impl postgres::GenericClient,
+    rows: &[&Row],
+    ids: &Ids,
+    insert: Insert,
+) -> Result<Vec<StoredCheck>, postgres::Error> {
+    macro_rules! column {
+        ($field:ident) => {
+            rows.iter().map(|r| &r.$field).collect::<Vec<_>>()
+        };
+    }
+    let target_ids: Vec<i32> = rows.iter().map(|r| ids.targets[&r.target]).collect();
+    let tls_ids: Vec<Option<i32>> = rows
+        .iter()
+        .map(|r| r.tls_key.map(|key| ids.tls[&key]))
+        .collect();
+    let checker_ids: Vec<Option<i16>> = rows
+        .iter()
+        .map(|r| r.checker.as_ref().map(|key| ids.checkers[key]))
+        .collect();
+    let region_ids: Vec<i16> = rows.iter().map(|r| ids.regions[&r.region]).collect();
+    let params: [&(dyn postgres::types::ToSql + Sync); 25] = [
+        &column!(checked_at),
+        &target_ids,
+        &column!(start_delay_ms),
+        &column!(response_time_us),
+        &column!(dns_us),
+        &column!(connect_us),
+        &column!(tls_us),
+        &column!(first_byte_us),
+        &column!(transfer_us),
+        &column!(body_bytes),
+        &column!(remote_port),
+        &tls_ids,
+        &column!(error_kind),
+        &column!(latency_class),
+        &region_ids,
+        &checker_ids,
+        &column!(status_code),
+        &column!(http_version),
+        &column!(up),
+        &column!(regex_matched),
+        &column!(cert_expires_soon),
+        &column!(remote_ip),
+        &column!(check_id),
+        &column!(error_message),
+        &column!(captures),
+    ];
+    match insert {
+        Insert::New => {
+            client.execute(INSERT_NEW_CHECKS, &params)?;
+            Ok(rows
+                .iter()
+                .zip(target_ids.iter().zip(&region_ids))
+                .map(|(row, (&target, &region))| stored_check(row, (target, region)))
+                .collect())
+        }
+        Insert::MaybeStored => Ok(client
+            .query(INSERT_CHECKS, &params)?
+            .iter()
+            .map(StoredCheck::from_row)
+            .collect()),
+    }
+}
+
+pub(super) fn insert_dead_letters(
+    client: &mut impl postgres::GenericClient,
+    letters: &[DeadLetter],
+) -> Result<u64, postgres::Error> {
+    if letters.is_empty() {
+        return Ok(0);
+    }
+    let topics: Vec<Option<&str>> = letters.iter().map(|l| l.topic.as_deref()).collect();
+    let partitions: Vec<Option<i32>> = letters.iter().map(|l| l.partition).collect();
+    let offsets: Vec<Option<i64>> = letters.iter().map(|l| l.offset).collect();
+    let errors: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
+    let payloads: Vec<&[u8]> = letters.iter().map(|l| l.payload.as_slice()).collect();
+    client.execute(
+        INSERT_DEAD_LETTERS,
+        &[&topics, &partitions, &offsets, &errors, &payloads],
+    )
+}
+
+/// One batch, ready to write.
+pub(super) struct Batch {
+    pub(super) rows: Vec<Row>,
+    /// The rows' targets, once each, with the settings of each one's first check.
+    pub(super) targets: Vec<TargetRow>,
+    pub(super) dead: Vec<DeadLetter>,
+    /// Where each row came from, and the check itself, in case the database refuses it.
+    pub(super) sources: Vec<(DeadLetter, CheckResult)>,
+    pub(super) days: HashSet<i64>,
+    /// The distinct TLS details and checkers of the rows.
+    pub(super) tls: HashMap<Uuid, TlsInfo>,
+    pub(super) checkers: HashSet<CheckerKey>,
+    pub(super) regions: HashSet<String>,
+}
+
+/// What the blocking side keeps between batches.
+#[derive(Default)]
+pub(super) struct Cache {
+    /// Target name → (id, settings last written).
+    pub(super) targets: HashMap<String, (i32, TargetRow)>,
+    /// Days (since the epoch) whose partition is known to exist.
+    pub(super) days: HashSet<i64>,
+    /// TLS details and checkers known to be stored, by key.
+    pub(super) dimensions: dimensions::Known,
+}
+
+/// Creates the partition of each day (autocommitted: DDL outside the batch's transaction).
+pub(super) fn ensure_partitions(
+    client: &mut postgres::Client,
+    days: impl IntoIterator<Item = i64>,
+) -> Result<(), postgres::Error> {
+    for day in days {
+        client.execute(
+            "SELECT pipe_ensure_check_partition(($1::timestamptz AT TIME ZONE 'UTC')::date)",
+            &[&date_of_day(day)],
+        )?;
+    }
+    Ok(())
+}
+
+/// A target's name, with its id and the settings last written.
+pub(super) type KnownTarget = (String, (i32, TargetRow));
+
+/// Upserts `targets` (new or changed ones) and returns their ids. Sorted by name, so that
+/// concurrent batches lock target rows in one order and cannot deadlock each other.
+pub(super) fn upsert_targets(
+    client: &mut impl postgres::GenericClient,
+    targets: &mut [TargetRow],
+) -> Result<Vec<KnownTarget>, postgres::Error> {
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    targets.sort_by(|a, b| a.name.cmp(&b.name));
+    let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+    let urls: Vec<&str> = targets.iter().map(|t| t.url.as_str()).collect();
+    let methods: Vec<&str> = targets.iter().map(|t| t.method.as_str()).collect();
+    let regexes: Vec<Option<&str>> = targets.iter().map(|t| t.regex.as_deref()).collect();
+    let mut fresh = Vec::with_capacity(targets.len());
+    for row in client.query(UPSERT_TARGETS, &[&names, &urls, &methods, &regexes])? {
+        let (id, name): (i32, String) = (row.get(0), row.get(1));
+        let target = targets
+            .iter()
+            .find(|t| t.name == name)
+            .expect("returned names were sent");
+        fresh.push((name, (id, target.clone())));
+    }
+    Ok(fresh)
+}
+
+/// Writes one batch in one transaction; on a permanent error, row by row with savepoints.
+/// The cache is locked only briefly, so several batches can be written at once.
+pub(super) fn write_batch(
+    pool: &PgPool,
+    cache: &Mutex<Cache>,
+    batch: &Batch,
+    thresholds: Thresholds,
+) -> Result<Written, WriteError> {
+    let (missing_days, mut changed, known) = {
+        let cache = cache.lock().expect("not poisoned");
+        let missing: Vec<i64> = batch
+            .days
+            .iter()
+            .copied()
+            .filter(|d| !cache.days.contains(d))
+            .collect();
+        let mut changed = Vec::new();
+        let mut ids = HashMap::new();
+        for target in &batch.targets {
+            match cache.targets.get(&target.name) {
+                Some((id, known)) if known == target => {
+                    ids.insert(target.name.clone(), *id);
+                }
+                _ => changed.push(target.clone()),
+            }
+        }
+        (missing, changed, ids)
+    };
+    let mut client = pool.get()?;
+    ensure_partitions(&mut client, missing_days.iter().copied())?;
+    cache
+        .lock()
+        .expect("not poisoned")
+        .days
+        .extend(missing_days);
+    let dimension_ids = dimension_ids(&mut client, cache, batch)?;
+
+    let all: Vec<&Row> = batch.rows.iter().collect();
+    // Fresh checks first. A batch holding one already stored (a redelivery, or the same check
+    // twice) fails that insert, and the whole transaction goes again skipping what is stored.
+    let mut insert = Insert::New;
+    let mut ids = Ids {
+        targets: known,
+        ..dimension_ids
+    };
+    loop {
+        let mut tx = client.transaction()?;
+        hold_rebuild_lock(&mut tx)?;
+        // Again on a second attempt: the first one's new targets were rolled back.
+        let fresh = upsert_targets(&mut tx, &mut changed)?;
+        ids.targets
+            .extend(fresh.iter().map(|(name, (id, _))| (name.clone(), *id)));
+        let stored = match insert_checks(&mut tx, &all, &ids, insert) {
+            Ok(stored) => stored,
+            Err(e) if database::is_transient(&e) => return Err(e.into()),
+            Err(e) if insert == Insert::New && e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                drop(tx);
+                insert = Insert::MaybeStored;
+                continue;
+            }
+            Err(_) => {
+                // Some row is refused: start over on the same connection, one savepoint per row.
+                drop(tx);
+                return write_rows_one_by_one(cache, batch, ids, thresholds, &mut client);
+            }
+        };
+        rollups::add(&mut tx, &stored)?;
+        incidents::add(&mut tx, thresholds, &stored)?;
+        insert_dead_letters(&mut tx, &batch.dead)?;
+        tx.commit()?;
+        cache.lock().expect("not poisoned").targets.extend(fresh);
+        return Ok(Written {
+            stored: stored.iter().map(|s| s.at).collect(),
+            dead_letters: batch.dead.len(),
+            committed_at: SystemTime::now(),
+        });
+    }
+}
+
+pub(super) fn hold_rebuild_lock(
+    tx: &mut impl postgres::GenericClient,
+) -> Result<(), postgres::Error> {
+    tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&REBUILD_LOCK])
+        .map(drop)
+}
+
+/// What a committed batch wrote.
+pub(super) struct Written {
+    /// The scheduled times of the checks stored (redelivered ones excluded).
+    pub(super) stored: Vec<SystemTime>,
+    pub(super) dead_letters: usize,
+    pub(super) committed_at: SystemTime,
+}
+
+/// The ids of the batch's TLS details and checkers, inserting those not stored yet.
+pub(super) fn dimension_ids(
+    client: &mut postgres::Client,
+    cache: &Mutex<Cache>,
+    batch: &Batch,
+) -> Result<Ids, WriteError> {
+    let mut ids = Ids::default();
+    let (missing_tls, missing_checkers, missing_regions) = {
+        let cache = cache.lock().expect("not poisoned");
+        let known = &cache.dimensions;
+        let mut missing_tls = Vec::new();
+        for (key, tls) in &batch.tls {
+            match known.tls.get(key) {
+                Some(id) => {
+                    ids.tls.insert(*key, *id);
+                }
+                None => missing_tls.push((*key, tls)),
+            }
+        }
+        let mut missing_checkers = Vec::new();
+        for key in &batch.checkers {
+            match known.checkers.get(key) {
+                Some(id) => {
+                    ids.checkers.insert(key.clone(), *id);
+                }
+                None => missing_checkers.push(key.clone()),
+            }
+        }
+        let mut missing_regions = Vec::new();
+        for region in &batch.regions {
+            match known.regions.get(region) {
+                Some(id) => {
+                    ids.regions.insert(region.clone(), *id);
+                }
+                None if region.is_empty() => {
+                    ids.regions.insert(String::new(), 0);
+                }
+                None => missing_regions.push(region.clone()),
+            }
+        }
+        (missing_tls, missing_checkers, missing_regions)
+    };
+    if missing_tls.is_empty() && missing_checkers.is_empty() && missing_regions.is_empty() {
+        return Ok(ids);
+    }
+    let fresh = dimensions::ensure(client, &missing_tls, &missing_checkers, &missing_regions)?;
+    ids.tls.extend(&fresh.tls);
+    ids.checkers.extend(fresh.checkers.clone());
+    ids.regions.extend(fresh.regions.clone());
+    let mut cache = cache.lock().expect("not poisoned");
+    cache.dimensions.tls.extend(fresh.tls);
+    cache.dimensions.checkers.extend(fresh.checkers);
+    cache.dimensions.regions.extend(fresh.regions);
+    Ok(ids)
+}
+
+pub(super) fn write_rows_one_by_one(
+    cache: &Mutex<Cache>,
+    batch: &Batch,
+    ids: Ids,
+    thresholds: Thresholds,
+    client: &mut postgres::Client,
+) -> Result<Written, WriteError> {
+    let mut tx = client.transaction()?;
+    hold_rebuild_lock(&mut tx)?;
+    let mut targets = batch.targets.clone();
+    let fresh = upsert_targets(&mut tx, &mut targets)?;
+    let ids = Ids {
+        targets: fresh
+            .iter()
+            .map(|(name, (id, _))| (name.clone(), *id))
+            .collect(),
+        ..ids
+    };
+    let mut dead = batch.dead.clone();
+    let mut stored = Vec::new();
+    for (row, (source, check)) in batch.rows.iter().zip(&batch.sources) {
+        let mut savepoint = tx.savepoint("row")?;
+        match insert_checks(&mut savepoint, &[row], &ids, Insert::MaybeStored) {
+            Ok(rows) => {
+                savepoint.commit()?;
+                stored.extend(rows);
+            }
+            Err(e) if database::is_transient(&e) => return Err(e.into()),
+            Err(e) => {
+                savepoint.rollback()?;
+                dead.push(DeadLetter {
+                    error: format!("refused by the database: {}", database::describe(&e)),
+                    payload: serde_json::to_vec(check).unwrap_or_default(),
+                    ..source.clone()
+                });
+            }
+        }
+    }
+    rollups::add(&mut tx, &stored)?;
+    incidents::add(&mut tx, thresholds, &stored)?;
+    insert_dead_letters(&mut tx, &dead)?;
+    tx.commit()?;
+    cache.lock().expect("not poisoned").targets.extend(fresh);
+    Ok(Written {
+        stored: stored.iter().map(|s| s.at).collect(),
+        dead_letters: dead.len(),
+        committed_at: SystemTime::now(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_time_is_what_the_driver_sends() {
+        use postgres::types::{FromSql, ToSql, Type};
+        for time in [
+            UNIX_EPOCH + Duration::new(1_796_000_000, 123_456_789),
+            UNIX_EPOCH + Duration::new(1_796_000_000, 999),
+            UNIX_EPOCH + Duration::new(946_684_800, 0),
+            UNIX_EPOCH + Duration::new(946_684_799, 999_999_999),
+            UNIX_EPOCH - Duration::new(5, 1_500),
+        ] {
+            let mut sent = bytes::BytesMut::new();
+            time.to_sql(&Type::TIMESTAMPTZ, &mut sent).unwrap();
+            let stored = SystemTime::from_sql(&Type::TIMESTAMPTZ, &sent).unwrap();
+            assert_eq!(stored_time(time), stored, "{time:?}");
+        }
+    }
+}
