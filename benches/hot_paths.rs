@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of the per-check hot paths: encoding a result, the regex
-//! transform, and the executor's cost per event. Run: `cargo bench --bench hot_paths`.
+//! transform, a user's own transform (`examples/custom_stage.rs`, the README's stage), and the
+//! executor's cost per event. Run: `cargo bench --bench hot_paths`.
 
 use std::hint::black_box;
 use std::time::{Duration, UNIX_EPOCH};
@@ -17,6 +18,11 @@ use pipe::{
     AckStatus, BoxError, BuildContext, Event, Input, Sink, SinkContext, Source, SourceContext,
     StageConfig, Transform,
 };
+
+/// The README's example stage, as a user writes it.
+#[allow(dead_code)]
+#[path = "../examples/custom_stage.rs"]
+mod custom_stage;
 
 fn result() -> CheckResult {
     let scheduled_at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
@@ -238,5 +244,32 @@ fn executor(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, encoding, regex, executor);
+/// A user's stage on a check, then the check encoded as the `kafka` sink encodes it: on the
+/// typed path (`check_mut`, what `examples/custom_stage.rs` does) and, for comparison, through
+/// a field map (`fields_mut`, what it did before), which also loses the type for every stage
+/// after it.
+fn custom_stage(c: &mut Criterion) {
+    let mut stage = pipe::testing::build::<custom_stage::UppercaseConfig>("fields: [target]")
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let mut group = c.benchmark_group("custom stage");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("uppercase a check, typed, then JSON", |b| {
+        b.iter(|| {
+            let out = pipe::testing::transform(&mut *stage, Event::from_check(result())).unwrap();
+            black_box(out[0].to_json().unwrap())
+        })
+    });
+    group.bench_function("uppercase a check through its fields, then JSON", |b| {
+        b.iter(|| {
+            let mut event = Event::from_check(result());
+            if let Some(serde_json::Value::String(text)) = event.fields_mut().get_mut("target") {
+                *text = text.to_uppercase();
+            }
+            black_box(event.to_json().unwrap())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, encoding, regex, custom_stage, executor);
 criterion_main!(benches);

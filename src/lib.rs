@@ -21,6 +21,8 @@
 //! - [`cli`], the `pipe` command line, which other crates call with their own registry to ship
 //!   stages of their own (see `examples/custom_stage.rs`).
 //!
+//! A stage author needs [`prelude`], and [`testing`] to unit-test a stage alone.
+//!
 //! # Adding a stage
 //!
 //! A stage is a settings struct that implements [`StageConfig`] (its `type:` name and its
@@ -29,7 +31,7 @@
 //! registry to [`cli::main`]: that is a whole `pipe` binary that knows `type: uppercase`.
 //!
 //! ```
-//! use pipe::{BoxError, BuildContext, ConfigError, Event, Registry, StageConfig, Transform};
+//! use pipe::prelude::*;
 //! use serde::Deserialize;
 //! use serde_json::Value;
 //!
@@ -60,15 +62,30 @@
 //!
 //! impl Transform for Uppercase {
 //!     fn transform(&mut self, mut event: Event, out: &mut Vec<Event>) -> Result<(), BoxError> {
-//!         for name in &self.fields {
-//!             if let Some(Value::String(text)) = event.fields_mut().get_mut(name) {
-//!                 *text = text.to_uppercase();
+//!         // A check result stays typed: change the struct, and no field map is ever made.
+//!         if let Some(check) = event.check_mut() {
+//!             if self.fields.iter().any(|f| f == "target") {
+//!                 check.target = check.target.to_uppercase();
+//!             }
+//!         } else {
+//!             let fields = event.fields_mut();
+//!             for name in &self.fields {
+//!                 if let Some(Value::String(text)) = fields.get_mut(name) {
+//!                     *text = text.to_uppercase();
+//!                 }
 //!             }
 //!         }
 //!         out.push(event);
 //!         Ok(())
 //!     }
 //! }
+//!
+//! // Unit-tested alone, with no pipeline and no service:
+//! let mut stage = pipe::testing::build::<UppercaseConfig>("fields: [greeting]").unwrap();
+//! let mut fields = Fields::new();
+//! fields.insert("greeting".into(), "hello".into());
+//! let out = pipe::testing::transform(&mut *stage, Event::new(fields)).unwrap();
+//! assert_eq!(out[0].get("greeting"), Some(&Value::from("HELLO")));
 //!
 //! let mut registry = Registry::with_builtins();
 //! registry.register::<UppercaseConfig>();
@@ -103,8 +120,25 @@ pub mod secrets;
 pub mod stage;
 pub mod stages;
 pub mod telemetry;
+pub mod testing;
 pub mod throttle;
 pub mod topology;
+
+/// What a stage author needs, in one `use pipe::prelude::*;`: the stage traits and their
+/// contexts, events (field maps and typed payloads), acknowledgements, the registry and its
+/// build context, located config errors, durations as pipeline files write them, and
+/// `async_trait` for sources and sinks.
+pub mod prelude {
+    pub use crate::ack::AckStatus;
+    pub use crate::config::diagnostic::ConfigError;
+    pub use crate::config::duration;
+    pub use crate::event::{Event, Fields, Origin, Typed};
+    pub use crate::registry::{BuildContext, Registry, StageConfig};
+    pub use crate::stage::{
+        BoxError, Input, Output, Sink, SinkContext, Source, SourceContext, StageKind, Transform,
+    };
+    pub use async_trait::async_trait;
+}
 
 pub use ack::AckStatus;
 pub use config::diagnostic::ConfigError;
@@ -127,6 +161,7 @@ mod layers {
         ("registry", 0),
         ("stage", 0),
         ("telemetry", 0),
+        ("testing", 0),
         ("throttle", 0),
         ("compiler", 1),
         ("topology", 1),

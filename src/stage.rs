@@ -138,6 +138,14 @@ impl Output {
         Self { senders, sent }
     }
 
+    /// An output read by one test, outside any pipeline: what the stage sends arrives on the
+    /// receiver, `capacity` events at most before the stage waits. For unit tests of a source
+    /// (see [`crate::testing`]).
+    pub fn for_test(capacity: usize) -> (Self, mpsc::Receiver<Event>) {
+        let (sender, receiver) = mpsc::channel(capacity);
+        (Self::new(vec![sender], Counter::default()), receiver)
+    }
+
     /// Waits until every reader's channel has room for one event, and holds that room. Unlike
     /// [`Output::send`], this can be abandoned (in a `select!`) without losing an event: the
     /// event is handed over only once there is room, with [`Permit::send`].
@@ -202,6 +210,14 @@ pub struct Input {
 impl Input {
     pub(crate) fn new(receiver: mpsc::Receiver<Event>, received: Counter) -> Self {
         Self { receiver, received }
+    }
+
+    /// An input fed by one test, outside any pipeline: what the test sends on the sender
+    /// reaches the stage, and dropping the sender closes the input, as the executor does at
+    /// shutdown. For unit tests of a sink (see [`crate::testing`]).
+    pub fn for_test(capacity: usize) -> (mpsc::Sender<Event>, Self) {
+        let (sender, receiver) = mpsc::channel(capacity);
+        (sender, Self::new(receiver, Counter::default()))
     }
 
     /// The next event, or `None` once every upstream stage has finished and the channel is empty.

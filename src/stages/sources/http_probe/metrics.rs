@@ -234,7 +234,7 @@ mod tests {
             assert!(REASONS.contains(&(false, kind.as_str())), "{kind:?}");
         }
         for code in [100, 200, 302, 404, 503, 600] {
-            assert!(REASONS.contains(&(false, super::super::status_class(code))));
+            assert!(REASONS.contains(&(false, super::super::probe::status_class(code))));
         }
     }
 }

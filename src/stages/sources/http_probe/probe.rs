@@ -1,0 +1,354 @@
+//! The probe at run time: slots scheduled per target, checks handed to the libcurl agent, and
+//! every outcome (a response, a timeout, a refused connection, a bad certificate) turned into a
+//! schema v1 result.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use slog::info;
+use tokio::time::Instant;
+
+use crate::check::{self, CheckError, CheckResult, ErrorKind, Timings, TlsInfo, SCHEMA_VERSION};
+use crate::config::duration;
+use crate::event::Event;
+use crate::libcurl::{self, Agent, Outcome, Times};
+use crate::schedule::{self, Clock, Entry};
+use crate::stage::{BoxError, Source, SourceContext};
+
+use super::config::*;
+use super::metrics::ProbeMetrics;
+use super::target::Target;
+
+pub(super) struct HttpProbe {
+    pub(super) targets: Vec<Target>,
+    pub(super) region: Option<String>,
+    pub(super) checker: String,
+    pub(super) metrics: Arc<ProbeMetrics>,
+    /// Target `i` is always checked by agent `i % agents.len()`.
+    pub(super) agents: Vec<Agent>,
+    pub(super) reuse_connections: bool,
+    pub(super) concurrency: usize,
+    pub(super) max_body_bytes: u64,
+    pub(super) keep_bodies: bool,
+}
+
+#[async_trait]
+impl Source for HttpProbe {
+    async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), BoxError> {
+        let HttpProbe {
+            targets,
+            agents,
+            region,
+            checker,
+            metrics,
+            reuse_connections,
+            concurrency,
+            max_body_bytes,
+            keep_bodies,
+        } = *self;
+        let entries: Vec<Entry> = targets
+            .iter()
+            .map(|t| Entry {
+                interval: t.interval,
+                offset: schedule::offset(&t.name, t.interval),
+            })
+            .collect();
+        let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+        let targets = Arc::new(targets);
+        let agents = Arc::new(agents);
+        let identity = Arc::new((region, checker));
+        let clock = Clock::new();
+        let out = cx.out.clone();
+        let logger = cx.logger.clone();
+
+        let stats = schedule::run(
+            &entries,
+            clock,
+            concurrency,
+            cx.shutdown.clone(),
+            schedule::MissedSlots {
+                names: &names,
+                logger: &cx.logger,
+                counter: Some(&metrics.missed_slots),
+            },
+            |slot| {
+                let targets = Arc::clone(&targets);
+                let agents = Arc::clone(&agents);
+                let identity = Arc::clone(&identity);
+                let metrics = Arc::clone(&metrics);
+                let mut out = out.clone();
+                let logger = logger.clone();
+                async move {
+                    let target = &targets[slot.entry];
+                    let scheduled_at = Clock::time_at(slot.scheduled_ms);
+                    let started_at = clock.now();
+                    let keep_body = keep_bodies || target.regex.is_some();
+                    let agent = &agents[slot.entry % agents.len()];
+                    let request = libcurl::Request {
+                        url: Arc::clone(&target.url),
+                        method: target.method.clone(),
+                        headers: Arc::clone(&target.headers),
+                        body: target.body.clone(),
+                        timeout: target.timeout,
+                        max_redirects: if target.follow_redirects {
+                            MAX_REDIRECTS
+                        } else {
+                            0
+                        },
+                        fresh_connection: !reuse_connections,
+                        max_body_bytes,
+                        keep_body,
+                        ip_version: target.ip_version,
+                        proxy: target.proxy.clone(),
+                        ca_file: target.ca_file.clone(),
+                        deny_private_addresses: target.deny_private_addresses,
+                    };
+                    metrics.in_flight.inc();
+                    let (result, reason, body) = probe(agent, request, target).await;
+                    metrics.in_flight.dec();
+                    let (region, checker) = &*identity;
+                    let result = CheckResult {
+                        schema_version: SCHEMA_VERSION,
+                        check_id: check::check_id_in(&target.name, scheduled_at, region.as_deref()),
+                        target: target.name.clone(),
+                        url: target.reported_url.clone(),
+                        method: target.method.to_string(),
+                        scheduled_at,
+                        started_at,
+                        region: region.clone(),
+                        checker: Some(checker.clone()),
+                        ..result
+                    };
+                    metrics.record(&result, reason, target.gauges.as_ref());
+                    let mut event = Event::from_check(result);
+                    if let Some(body) = body {
+                        event = event.with_raw(body);
+                    }
+                    if out.send(event).await.is_err() {
+                        slog::debug!(logger, "result dropped: the pipeline is stopping";
+                                     "target" => &target.name);
+                    }
+                }
+            },
+        )
+        .await;
+        info!(cx.logger, "checks stopped"; "started" => stats.started, "missed_slots" => stats.missed);
+        Ok(())
+    }
+}
+
+/// Extra time past a target's timeout before our own timer gives up on libcurl's.
+pub(super) const TIMEOUT_SLACK: Duration = Duration::from_secs(1);
+
+/// Runs one check. Fills in everything but the identity and time fields, which the caller sets;
+/// also says why the check is up or down, for `pipe_probe_checks_total`.
+async fn probe(
+    agent: &Agent,
+    request: libcurl::Request,
+    target: &Target,
+) -> (CheckResult, &'static str, Option<Bytes>) {
+    let max_body_bytes = request.max_body_bytes;
+    let started = Instant::now();
+    let mut result = CheckResult {
+        schema_version: SCHEMA_VERSION,
+        check_id: uuid::Uuid::nil(),
+        target: String::new(),
+        url: String::new(),
+        method: String::new(),
+        scheduled_at: std::time::UNIX_EPOCH,
+        started_at: std::time::UNIX_EPOCH,
+        response_time_ms: 0.0,
+        timings_ms: Timings::default(),
+        status_code: None,
+        error: None,
+        regex: target.regex.clone(),
+        regex_matched: None,
+        latency_class: None,
+        up: false,
+        body_bytes: None,
+        remote_addr: None,
+        http_version: None,
+        tls: None,
+        region: None,
+        checker: None,
+        captures: None,
+    };
+    // libcurl enforces the timeout; our own deadline, a little later, only guards against a
+    // transfer that never ends.
+    let deadline = target.timeout + TIMEOUT_SLACK;
+    let outcome = match tokio::time::timeout(deadline, agent.transfer(request)).await {
+        Err(_) => {
+            result.error = Some(timeout_error(target.timeout));
+            None
+        }
+        Ok(None) => {
+            result.error = Some(CheckError {
+                kind: ErrorKind::Other,
+                message: "libcurl's thread has stopped".to_owned(),
+            });
+            None
+        }
+        Ok(Some(outcome)) => Some(outcome),
+    };
+    let mut kept = None;
+    let measured_total = outcome.as_ref().map(|o| o.times.total);
+    if let Some(Outcome {
+        result: transfer,
+        body_too_large,
+        status,
+        http_version,
+        remote_addr,
+        body_bytes,
+        body,
+        times,
+        tls,
+        refused_address,
+    }) = outcome
+    {
+        result.tls = tls.map(|tls| judge_certificate(tls, target));
+        result.status_code = status;
+        result.http_version = http_version.map(str::to_owned);
+        result.remote_addr = remote_addr;
+        if status.is_some() {
+            result.body_bytes = Some(body_bytes);
+        }
+        // The phases that happened, a failed check's too: a timeout after connecting still
+        // says how long the name and the connection took.
+        result.timings_ms = timings(&times, target, status.is_some());
+        result.error = match transfer {
+            Ok(()) => None,
+            Err(_) if body_too_large => Some(CheckError {
+                kind: ErrorKind::BodyTooLarge,
+                message: format!("the body is larger than max_body_bytes ({max_body_bytes})"),
+            }),
+            Err(e) => match refused_address {
+                Some((address, why)) if e.is_couldnt_connect() => Some(CheckError {
+                    kind: ErrorKind::Connect,
+                    message: format!(
+                        "refused to connect to {address}: it is {why}, and deny_private_addresses is on"
+                    ),
+                }),
+                _ => Some(classify(&e, target)),
+            },
+        };
+        if result.error.is_none() {
+            kept = body.map(Bytes::from);
+        }
+    }
+    // libcurl's own total when it ran the transfer: the site's time, without the hand-offs
+    // between threads; the probe's clock otherwise.
+    result.response_time_ms = check::millis(match measured_total {
+        Some(total) if !total.is_zero() => total,
+        _ => started.elapsed(),
+    });
+    let certificate_ends_too_soon = match (&result.tls, target.down_within) {
+        (Some(tls), Some(within)) => tls.cert_not_after < std::time::SystemTime::now() + within,
+        _ => false,
+    };
+    let expected = result
+        .status_code
+        .is_some_and(|code| target.expected.contains(code));
+    result.up = result.error.is_none() && expected && !certificate_ends_too_soon;
+    let reason = match (&result.error, result.status_code) {
+        (Some(error), _) => error.kind.as_str(),
+        (None, Some(code)) if !expected => status_class(code),
+        _ if certificate_ends_too_soon => "certificate",
+        _ => "ok",
+    };
+    (result, reason, kept)
+}
+
+/// `status_4xx` and the like: a bounded label for a status code.
+pub(super) fn status_class(code: u16) -> &'static str {
+    match code / 100 {
+        1 => "status_1xx",
+        2 => "status_2xx",
+        3 => "status_3xx",
+        4 => "status_4xx",
+        5 => "status_5xx",
+        _ => "status_other",
+    }
+}
+
+/// Marks a certificate that ends within the target's `cert_expiry_warning` (or has ended).
+pub(super) fn judge_certificate(mut tls: TlsInfo, target: &Target) -> TlsInfo {
+    tls.cert_expires_soon =
+        tls.cert_not_after < std::time::SystemTime::now() + target.cert_expiry_warning;
+    tls
+}
+
+pub(super) fn timeout_error(timeout: Duration) -> CheckError {
+    CheckError {
+        kind: ErrorKind::Timeout,
+        message: format!("no complete response within {}", duration::format(timeout)),
+    }
+}
+
+/// Maps libcurl's failure to the schema's error kinds.
+pub(super) fn classify(error: &curl::Error, target: &Target) -> CheckError {
+    let timeout = target.timeout;
+    let kind = if error.is_operation_timedout() {
+        ErrorKind::Timeout
+    } else if error.is_couldnt_resolve_host() {
+        ErrorKind::Dns
+    } else if error.is_couldnt_connect() {
+        ErrorKind::Connect
+    } else if error.is_ssl_connect_error()
+        || error.is_peer_failed_verification()
+        || error.is_ssl_certproblem()
+        || error.is_ssl_cipher()
+        || error.is_ssl_cacert()
+        || error.is_ssl_cacert_badfile()
+        || error.is_ssl_issuer_error()
+    {
+        ErrorKind::Tls
+    } else if error.is_too_many_redirects() {
+        ErrorKind::TooManyRedirects
+    } else {
+        ErrorKind::Other
+    };
+    if kind == ErrorKind::Timeout {
+        return timeout_error(timeout);
+    }
+    // libcurl's own words (its error buffer) say which host and port, or which certificate;
+    // the code's generic text only when it gave none.
+    let mut message = error
+        .extra_description()
+        .unwrap_or_else(|| error.description())
+        .to_owned();
+    // A proxy's password must not reach a result, whatever libcurl quotes.
+    if let Some(password) = target
+        .proxy
+        .as_deref()
+        .and_then(crate::secrets::url_password)
+    {
+        message = message.replace(password, "***");
+    }
+    CheckError { kind, message }
+}
+
+/// Turns libcurl's cumulative timers into per-phase durations. The response's phases only when
+/// one came: libcurl sets its first-byte timer on some failures too (a refused connection).
+pub(super) fn timings(times: &Times, target: &Target, responded: bool) -> Timings {
+    let phase = |d: Duration| (!d.is_zero()).then(|| check::millis(d));
+    let connected = times.connect.max(times.name_lookup);
+    let secured = if times.app_connect.is_zero() {
+        connected
+    } else {
+        times.app_connect
+    };
+    Timings {
+        dns: if target.host_is_ip {
+            None
+        } else {
+            phase(times.name_lookup)
+        },
+        connect: phase(connected.saturating_sub(times.name_lookup)),
+        tls: phase(times.app_connect.saturating_sub(connected)),
+        first_byte: responded.then(|| check::millis(times.start_transfer.saturating_sub(secured))),
+        transfer: responded
+            .then(|| check::millis(times.total.saturating_sub(times.start_transfer))),
+    }
+}
