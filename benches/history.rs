@@ -25,7 +25,7 @@ fn fresh_database(name: &str) -> String {
         .unwrap();
     let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
     let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    pipe::migrate::apply(&mut client).unwrap();
+    pipe::monitor::migrate::apply(&mut client).unwrap();
     url
 }
 

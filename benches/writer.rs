@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use pipe::check::{
+use pipe::compiler::{CompiledPipeline, CompiledStage};
+use pipe::monitor::check::{
     check_id, CheckError, CheckResult, ErrorKind, LatencyClass, Timings, TlsInfo, SCHEMA_VERSION,
 };
-use pipe::compiler::{CompiledPipeline, CompiledStage};
 use pipe::registry::BuiltStage;
 use pipe::stage::StageKind;
 use pipe::stages::sinks::postgres::PostgresSinkConfig;
@@ -114,7 +114,7 @@ fn fresh_database(name: &str) -> String {
         .unwrap();
     let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
     let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    pipe::migrate::apply(&mut client).unwrap();
+    pipe::monitor::migrate::apply(&mut client).unwrap();
     url
 }
 

@@ -11,7 +11,7 @@
 
 use std::process::ExitCode;
 
-use pipe::check::CheckResult;
+use pipe::monitor::check::CheckResult;
 use pipe::prelude::*;
 use serde::Deserialize;
 use serde_json::Value;

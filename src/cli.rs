@@ -15,9 +15,9 @@ use slog::{error, info, warn};
 use crate::compiler::{self, CompiledPipeline};
 use crate::config::diagnostic::Diagnostics;
 use crate::config::duration;
-use crate::history::incidents::Thresholds;
-use crate::history::rebuild;
 use crate::logging::{self, LogFormat, LogLevel};
+use crate::monitor::history::incidents::Thresholds;
+use crate::monitor::history::rebuild;
 use crate::registry::Registry;
 use crate::stage::StageKind;
 use crate::topology::{self, RunOptions};
@@ -331,8 +331,8 @@ fn graph(registry: &Registry, logger: &slog::Logger, file: PathBuf) -> ExitCode 
 
 /// The database of `--database-url`, or `None` when the URL is wrong (said, without its
 /// password).
-fn database_from(logger: &slog::Logger, url: &str) -> Option<crate::database::Database> {
-    crate::database::Database::from_url(url)
+fn database_from(logger: &slog::Logger, url: &str) -> Option<crate::monitor::database::Database> {
+    crate::monitor::database::Database::from_url(url)
         .map_err(|message| error!(logger, "{message}"))
         .ok()
 }
@@ -345,7 +345,7 @@ async fn migrate(logger: &slog::Logger, url: &str) -> ExitCode {
     // The sync client must not run on a runtime thread.
     let result = tokio::task::spawn_blocking(move || {
         let mut client = database.connect()?;
-        crate::migrate::apply(&mut client)
+        crate::monitor::migrate::apply(&mut client)
     })
     .await;
     match result {
@@ -359,7 +359,7 @@ async fn migrate(logger: &slog::Logger, url: &str) -> ExitCode {
         }
         Ok(Err(e)) => {
             error!(logger, "migration failed"; "database" => &target,
-                   "error" => crate::database::describe(&e));
+                   "error" => crate::monitor::database::describe(&e));
             ExitCode::FAILURE
         }
         Err(e) => {
@@ -387,7 +387,7 @@ async fn rebuild_rollups(logger: &slog::Logger, args: RebuildArgs) -> ExitCode {
             bar.show(
                 p.done,
                 p.days,
-                &crate::check::rfc3339_millis::format(p.day)[..10],
+                &crate::monitor::check::rfc3339_millis::format(p.day)[..10],
             )
         });
         bar.finish();
@@ -404,7 +404,7 @@ async fn rebuild_rollups(logger: &slog::Logger, args: RebuildArgs) -> ExitCode {
         }
         Ok(Err(e)) => {
             error!(logger, "rebuild failed; the days before the failing one are done, and running it again is safe";
-                   "database" => &target, "error" => crate::database::describe(&e));
+                   "database" => &target, "error" => crate::monitor::database::describe(&e));
             ExitCode::FAILURE
         }
         Err(e) => {
@@ -464,7 +464,7 @@ async fn report(logger: &slog::Logger, args: ReportArgs) -> ExitCode {
         let mut client = database.connect().map_err(|e| {
             format!(
                 "cannot reach the database {target}: {}",
-                crate::database::describe(&e)
+                crate::monitor::database::describe(&e)
             )
         })?;
         crate::report::load(&mut client, &options).map_err(|e| format!("{e} (database {target})"))

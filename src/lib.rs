@@ -12,10 +12,9 @@
 //! - the executor: [`compiler`] validates the whole pipeline and builds its stages, reporting
 //!   every error at once; [`topology`] wires the built stages with bounded channels and runs
 //!   them, with graceful shutdown;
-//! - the monitor's services: [`check`] (message schema v1), [`schedule`] and [`libcurl`] (the
-//!   checker's timing and transfers), [`kafka`], [`database`] and [`migrate`] (the writer's),
-//!   [`history`] (rollups, latency histograms, incidents and their rebuild, kept by the
-//!   `postgres` sink and read by `pipe report`), [`secrets`];
+//! - [`monitor`], the monitor's services: message schema v1 (`monitor::check`), the slot
+//!   schedule and the libcurl agent (the checker's), the Kafka client settings, the PostgreSQL
+//!   connection, migrations and history (the writer's), and secrets' redaction;
 //! - the built-in stages ([`stages`], with `Registry::with_builtins`), and [`report`], which
 //!   turns the writer's rollups and incidents into `pipe report`'s table, JSON and HTML;
 //! - [`cli`], the `pipe` command line, which other crates call with their own registry to ship
@@ -101,22 +100,14 @@
 #![warn(missing_docs)]
 
 pub mod ack;
-pub mod check;
 pub mod cli;
 pub mod compiler;
 pub mod config;
-pub mod database;
 pub mod event;
-pub mod history;
-pub mod ip_guard;
-pub mod kafka;
-pub mod libcurl;
 pub mod logging;
-pub mod migrate;
+pub mod monitor;
 pub mod registry;
 pub mod report;
-pub mod schedule;
-pub mod secrets;
 pub mod stage;
 pub mod stages;
 pub mod telemetry;
@@ -165,15 +156,7 @@ mod layers {
         ("throttle", 0),
         ("compiler", 1),
         ("topology", 1),
-        ("check", 2),
-        ("database", 2),
-        ("ip_guard", 2),
-        ("kafka", 2),
-        ("libcurl", 2),
-        ("history", 2),
-        ("migrate", 2),
-        ("schedule", 2),
-        ("secrets", 2),
+        ("monitor", 2),
         ("report", 3),
         ("stages", 3),
         ("cli", 4),

@@ -20,10 +20,11 @@ use support::writer::{
 use support::{history, http, unique_name};
 
 /// The postgres sink's default incident thresholds, which the writers here use.
-const THRESHOLDS: pipe::history::incidents::Thresholds = pipe::history::incidents::Thresholds {
-    down_after: 3,
-    up_after: 1,
-};
+const THRESHOLDS: pipe::monitor::history::incidents::Thresholds =
+    pipe::monitor::history::incidents::Thresholds {
+        down_after: 3,
+        up_after: 1,
+    };
 
 /// One test at a time: each stops services the others use. (tokio's lock does not poison, so a
 /// failed test does not fail the ones after it.)
@@ -204,7 +205,7 @@ struct Backlog {
     brokers: String,
     topic: String,
     db: support::TestDatabase,
-    checks: Vec<pipe::check::CheckResult>,
+    checks: Vec<pipe::monitor::check::CheckResult>,
     file: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -300,12 +301,12 @@ async fn killed_six_times(extra_source: &str, first_row_within: Duration) {
         .collect();
     writer::produce_raw(&brokers, &topic, &poison).await;
     // Late checks: slots an hour before the others, sent after them.
-    let late: Vec<pipe::check::CheckResult> = writer::checks(LATE, 200)
+    let late: Vec<pipe::monitor::check::CheckResult> = writer::checks(LATE, 200)
         .into_iter()
         .map(|mut check| {
             check.scheduled_at -= Duration::from_secs(3600);
             check.started_at -= Duration::from_secs(3600);
-            check.check_id = pipe::check::check_id(&check.target, check.scheduled_at);
+            check.check_id = pipe::monitor::check::check_id(&check.target, check.scheduled_at);
             check
         })
         .collect();

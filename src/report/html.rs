@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use super::{format_ms, human_duration, BucketReport, Report, TargetReport};
-use crate::check::rfc3339_millis;
+use crate::monitor::check::rfc3339_millis;
 
 const CHART_WIDTH: f64 = 800.0;
 const CHART_HEIGHT: f64 = 140.0;

@@ -19,8 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::check::rfc3339_millis;
-use crate::history::histogram::Histogram;
+use crate::monitor::check::rfc3339_millis;
+use crate::monitor::history::histogram::Histogram;
 
 /// Longest range reported in hourly buckets.
 const HOURLY_UP_TO: Duration = Duration::from_secs(7 * 86_400);
@@ -182,7 +182,7 @@ pub enum ReportError {
 impl std::fmt::Display for ReportError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Database(e) => write!(f, "{}", crate::database::describe(e)),
+            Self::Database(e) => write!(f, "{}", crate::monitor::database::describe(e)),
             Self::NotMigrated => write!(
                 f,
                 "the database has no rollups: run `pipe migrate` on it (and `pipe rollups rebuild` for checks stored before)"

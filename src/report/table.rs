@@ -74,8 +74,8 @@ pub fn render(report: &Report, colour: bool) -> String {
             format!(
                 "{} targets, {} to {} ({} buckets)",
                 report.targets.len(),
-                crate::check::rfc3339_millis::format(report.since),
-                crate::check::rfc3339_millis::format(report.until),
+                crate::monitor::check::rfc3339_millis::format(report.since),
+                crate::monitor::check::rfc3339_millis::format(report.until),
                 match report.bucket {
                     super::BucketSize::Hour => "hourly",
                     super::BucketSize::Day => "daily",

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 use crate::support::history::{
     day_start, replayed_incidents, rollup_differences, store, stored_incidents, with_client, Random,
 };
-use pipe::check::{check_id, CheckError, CheckResult, ErrorKind, Timings, SCHEMA_VERSION};
-use pipe::history::incidents::{Incident, Thresholds};
+use pipe::monitor::check::{check_id, CheckError, CheckResult, ErrorKind, Timings, SCHEMA_VERSION};
+use pipe::monitor::history::incidents::{Incident, Thresholds};
 
 /// The relative error the histograms promise: (γ-1)/(γ+1) with γ = 2^(1/8).
 const STATED_ERROR: f64 = 0.0433;
@@ -467,7 +467,7 @@ async fn maintenance_keeps_rollups_for_rollup_retention_and_compacts_finished_da
     store(&db.url, three_days(), "batch_size: 500\n").await;
     let two_days_ago = format!(
         "checks_{}",
-        pipe::check::rfc3339_millis::format(day_start(2))[..10].replace('-', "")
+        pipe::monitor::check::rfc3339_millis::format(day_start(2))[..10].replace('-', "")
     );
     let index = format!("{two_days_ago}_pkey");
     let size = |index: String| {
@@ -570,7 +570,7 @@ async fn a_late_check_keeps_the_incidents_whose_checks_retention_dropped() {
 async fn the_writers_down_cause_is_pipe_down_cause() {
     let db = fresh_database("cause").await;
     let (cases, differ) = with_client(&db.url, |client| {
-        pipe::migrate::apply(client).expect("migrate");
+        pipe::monitor::migrate::apply(client).expect("migrate");
         let kinds: Vec<String> = client
             .query(
                 "SELECT unnest(enum_range(NULL::check_error_kind))::text",
@@ -629,7 +629,7 @@ async fn the_writers_down_cause_is_pipe_down_cause() {
                                     )
                                     .unwrap()
                                     .get(0);
-                                let rust = pipe::history::down_cause(
+                                let rust = pipe::monitor::history::down_cause(
                                     up, *kind, status, regex, *class, cert,
                                 );
                                 cases += 1;

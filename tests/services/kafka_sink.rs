@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use crate::support::{http, pipeline};
-use pipe::check::CheckResult;
+use pipe::monitor::check::CheckResult;
 use pipe::topology::RunOptions;
 use serde_json::Value;
 

@@ -4,7 +4,7 @@ use crate::support;
 
 use std::process::{Command, Stdio};
 
-use pipe::check::CheckResult;
+use pipe::monitor::check::CheckResult;
 
 fn pipe() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pipe"));

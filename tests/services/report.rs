@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
 use crate::support::history::{day_start, store, with_client, Random};
-use pipe::check::{check_id, CheckError, CheckResult, ErrorKind, Timings, SCHEMA_VERSION};
+use pipe::monitor::check::{check_id, CheckError, CheckResult, ErrorKind, Timings, SCHEMA_VERSION};
 use serde_json::Value;
 
 const STATED_ERROR: f64 = 0.0433;
@@ -114,7 +114,7 @@ async fn report_database() -> (support::TestDatabase, SystemTime) {
 }
 
 fn range_args(url: &str, until: SystemTime) -> Vec<String> {
-    let until = pipe::check::rfc3339_millis::format(until);
+    let until = pipe::monitor::check::rfc3339_millis::format(until);
     [
         "report",
         "--database-url",
@@ -524,7 +524,7 @@ async fn a_page_of_100_targets_over_30_days_is_under_1_mb() {
         .await
         .unwrap();
     with_client(&db.url, |client| {
-        pipe::migrate::apply(client).unwrap();
+        pipe::monitor::migrate::apply(client).unwrap();
         client
             .batch_execute(
                 "INSERT INTO targets (name, url, method)

@@ -71,7 +71,7 @@ async fn every_check_is_stored_once_even_when_delivered_twice() {
             sample.target,
             sample.url,
             sample.response_time_ms,
-            pipe::check::rfc3339_millis::format(sample.scheduled_at).trim_end_matches('Z')
+            pipe::monitor::check::rfc3339_millis::format(sample.scheduled_at).trim_end_matches('Z')
         )]
     );
     let failed = &checks[7];
@@ -89,7 +89,7 @@ async fn poison_messages_become_dead_letters_and_later_messages_still_land() {
     let topic = support::create_topic("poison", 1).await;
     let db = fresh_database().await;
     let good = writer::checks(3, 1);
-    let json = |c: &pipe::check::CheckResult| serde_json::to_value(c).unwrap();
+    let json = |c: &pipe::monitor::check::CheckResult| serde_json::to_value(c).unwrap();
     let mut unknown_version = json(&good[1]);
     unknown_version["schema_version"] = 2.into();
     let mut missing = json(&good[1]);
@@ -250,7 +250,7 @@ fn an_upgrade_from_migration_1_keeps_the_checks_stored_before_it() {
     let mut client = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
     // The database as release 0.1.0 left it: migration 1 only, with a check in it.
     client
-        .batch_execute(pipe::migrate::MIGRATIONS[0].sql)
+        .batch_execute(pipe::monitor::migrate::MIGRATIONS[0].sql)
         .unwrap();
     client
         .batch_execute(
@@ -265,7 +265,7 @@ fn an_upgrade_from_migration_1_keeps_the_checks_stored_before_it() {
         .unwrap();
     // A check with the id pipe's checker derives, and a failed one, on another day.
     let slot = std::time::UNIX_EPOCH + Duration::from_secs(1_764_547_230); // 2025-12-01T00:00:30Z
-    let derived = pipe::check::check_id("old", slot);
+    let derived = pipe::monitor::check::check_id("old", slot);
     client
         .execute("SELECT pipe_ensure_check_partition('2025-12-01')", &[])
         .unwrap();
@@ -351,7 +351,7 @@ async fn tls_details_region_and_checker_are_stored_once_each_and_shown_per_check
     let not_after = std::time::UNIX_EPOCH + Duration::from_secs(1_797_776_000);
     let mut checks = writer::checks(40, 2);
     for (i, check) in checks.iter_mut().enumerate() {
-        check.tls = Some(pipe::check::TlsInfo {
+        check.tls = Some(pipe::monitor::check::TlsInfo {
             version: "TLSv1.3".into(),
             cipher: "TLS_AES_128_GCM_SHA256".into(),
             cert_not_before: not_after - Duration::from_secs(90 * 86_400),
@@ -368,7 +368,7 @@ async fn tls_details_region_and_checker_are_stored_once_each_and_shown_per_check
     regional.region = Some("eu-west".into());
     regional.checker = Some("probe-eu".into());
     regional.check_id =
-        pipe::check::check_id_in(&regional.target, regional.scheduled_at, Some("eu-west"));
+        pipe::monitor::check::check_id_in(&regional.target, regional.scheduled_at, Some("eu-west"));
     checks.push(regional.clone());
     writer::produce(&brokers, &topic, &checks).await;
 

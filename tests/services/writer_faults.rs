@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::support::writer::{self, ids, scalar_or_minus_one, stored_ids, wait_for};
 use crate::support::{pipeline, unique_name};
-use pipe::database::Database;
+use pipe::monitor::database::Database;
 use pipe::topology::RunOptions;
 
 const TWO_MINUTES: Duration = Duration::from_secs(120);

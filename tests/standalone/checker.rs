@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::support::http;
 use crate::support::pipeline;
-use pipe::check::{CheckResult, ErrorKind, LatencyClass, SCHEMA_VERSION};
+use pipe::monitor::check::{CheckResult, ErrorKind, LatencyClass, SCHEMA_VERSION};
 use pipe::stages::sources::http_probe::DEFAULT_USER_AGENT;
 use pipe::topology::RunOptions;
 use serde_json::Value;
@@ -133,7 +133,10 @@ async fn every_case_becomes_a_typed_result() {
     assert!(ok.timings_ms.first_byte.is_some() && ok.timings_ms.transfer.is_some());
     assert!(ok.response_time_ms > 0.0);
     assert!(ok.started_at >= ok.scheduled_at);
-    assert_eq!(ok.check_id, pipe::check::check_id("match", ok.scheduled_at));
+    assert_eq!(
+        ok.check_id,
+        pipe::monitor::check::check_id("match", ok.scheduled_at)
+    );
     assert!(
         results["match"].raw.is_none(),
         "the body never leaves regex_match"

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::support::pipeline;
 use openssl::ssl::{SslAcceptor, SslMethod};
-use pipe::check::CheckResult;
+use pipe::monitor::check::CheckResult;
 use pipe::topology::RunOptions;
 use serde_json::Value;
 

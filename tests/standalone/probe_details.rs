@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::support::{http, pipeline, tls};
 use openssl::asn1::Asn1Time;
 use openssl::x509::X509;
-use pipe::check::{CheckResult, ErrorKind};
+use pipe::monitor::check::{CheckResult, ErrorKind};
 use pipe::topology::RunOptions;
 use serde_json::Value;
 
@@ -411,7 +411,7 @@ async fn region_and_checker_name_each_result_and_region_is_part_of_check_id() {
     assert_eq!(result.checker.as_deref(), Some("probe-7"));
     assert_eq!(
         result.check_id,
-        pipe::check::check_id_in("site", result.scheduled_at, Some("eu-west"))
+        pipe::monitor::check::check_id_in("site", result.scheduled_at, Some("eu-west"))
     );
 
     let plain = first_results("", &target, 1).await;
@@ -419,7 +419,7 @@ async fn region_and_checker_name_each_result_and_region_is_part_of_check_id() {
     assert_eq!(result.region, None);
     assert_eq!(
         result.check_id,
-        pipe::check::check_id("site", result.scheduled_at)
+        pipe::monitor::check::check_id("site", result.scheduled_at)
     );
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use pipe::check::CheckResult;
 use pipe::compiler::{CompiledPipeline, CompiledStage};
-use pipe::history::incidents::{self, Incident, Outcome, Series, Thresholds};
+use pipe::monitor::check::CheckResult;
+use pipe::monitor::history::incidents::{self, Incident, Outcome, Series, Thresholds};
 use pipe::registry::BuiltStage;
 use pipe::stage::StageKind;
 use pipe::stages::sinks::postgres::PostgresSinkConfig;

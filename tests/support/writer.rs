@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pipe::check::{
+use pipe::monitor::check::{
     check_id, CheckError, CheckResult, ErrorKind, LatencyClass, Timings, SCHEMA_VERSION,
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use crate::ack::{AckHandle, AckStatus};
 use crate::config::diagnostic::ConfigError;
 use crate::config::duration;
-use crate::kafka::{self, Options, SlogContext};
+use crate::monitor::kafka::{self, Options, SlogContext};
 use crate::registry::{BuildContext, StageConfig};
 use crate::stage::{BoxError, Input, Sink, SinkContext};
 use crate::telemetry::StageHealth;

@@ -9,10 +9,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::check::{millis, LatencyClass};
 use crate::config::diagnostic::ConfigError;
 use crate::config::duration;
 use crate::event::Event;
+use crate::monitor::check::{millis, LatencyClass};
 use crate::registry::{BuildContext, StageConfig};
 use crate::stage::{BoxError, Transform};
 

@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use crate::config::diagnostic::ConfigError;
 use crate::config::duration;
-use crate::database::{Database, DropOffRuntime};
-use crate::history::incidents::Thresholds;
+use crate::monitor::database::{Database, DropOffRuntime};
+use crate::monitor::history::incidents::Thresholds;
 use crate::registry::{BuildContext, StageConfig};
 use crate::stage::Sink;
 

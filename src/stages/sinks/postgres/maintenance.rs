@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use slog::{info, Logger};
 
 use super::write::{ensure_partitions, Cache, PgPool, WriteError};
-use crate::history::{date_of_day, day_of};
+use crate::monitor::history::{date_of_day, day_of};
 
 /// Day indexes compacted per run at most: each takes about a second per million checks, while
 /// the sink does not write; a backlog (after an upgrade) drains over a few runs.

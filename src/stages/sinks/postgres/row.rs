@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::check::CheckResult;
-use crate::history::dimensions::{self, CheckerKey};
+use crate::monitor::check::CheckResult;
+use crate::monitor::history::dimensions::{self, CheckerKey};
 
 /// A check, in the columns of the `checks` table.
 #[derive(Debug, Clone)]
@@ -91,7 +91,7 @@ impl Row {
         // pipe_check_id, in the view, reads the slot's milliseconds since 1970 as check_id_in
         // does, but not a slot before 1970 as 0.
         let derivable = check.scheduled_at >= UNIX_EPOCH;
-        let derived = crate::check::check_id_in(
+        let derived = crate::monitor::check::check_id_in(
             &check.target,
             check.scheduled_at,
             Some(region.as_str()).filter(|r| !r.is_empty()),

@@ -12,11 +12,11 @@ use serde_json::Value;
 use slog::{debug, info, warn};
 
 use crate::ack::{AckHandle, AckStatus};
-use crate::check::CheckResult;
 use crate::config::duration;
-use crate::database::DropOffRuntime;
 use crate::event::{Event, Payload};
-use crate::history::day_of;
+use crate::monitor::check::CheckResult;
+use crate::monitor::database::DropOffRuntime;
+use crate::monitor::history::day_of;
 use crate::stage::{BoxError, Input, Sink, SinkContext};
 use crate::telemetry::StageHealth;
 use crate::throttle::RepeatedWarning;
@@ -215,7 +215,7 @@ impl Sink for PostgresSink {
             let applied = self
                 .with_retries("migrate", &cx, &cache, |pool, _| {
                     let mut client = pool.get()?;
-                    Ok(crate::migrate::apply(&mut client)?)
+                    Ok(crate::monitor::migrate::apply(&mut client)?)
                 })
                 .await?;
             info!(cx.logger, "migrations checked"; "applied_now" => ?applied);

@@ -13,12 +13,12 @@ use r2d2::Pool;
 use r2d2_postgres::PostgresConnectionManager;
 use uuid::Uuid;
 
-use crate::check::CheckResult;
-use crate::check::TlsInfo;
-use crate::database;
-use crate::history::dimensions::{self, CheckerKey};
-use crate::history::incidents::{self, Series, Thresholds};
-use crate::history::{date_of_day, down_cause, rollups, StoredCheck, REBUILD_LOCK};
+use crate::monitor::check::CheckResult;
+use crate::monitor::check::TlsInfo;
+use crate::monitor::database;
+use crate::monitor::history::dimensions::{self, CheckerKey};
+use crate::monitor::history::incidents::{self, Series, Thresholds};
+use crate::monitor::history::{date_of_day, down_cause, rollups, StoredCheck, REBUILD_LOCK};
 
 use super::row::*;
 
@@ -82,7 +82,7 @@ pub(super) const INSERT_CHECKS: &str = concat!(
     insert_checks_sql!(),
     "\nON CONFLICT DO NOTHING
 RETURNING target_id, region_id, checked_at, ",
-    crate::history::stored_check_columns!()
+    crate::monitor::history::stored_check_columns!()
 );
 
 /// `time` as a `timestamptz` column holds it: in whole microseconds, cut toward

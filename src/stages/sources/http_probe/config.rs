@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::duration;
-use crate::libcurl::IpVersion;
+use crate::monitor::libcurl::IpVersion;
 
 /// Redirects followed at most when `follow_redirects` is on.
 pub const MAX_REDIRECTS: u32 = 10;

@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::check::{CheckResult, Timings};
+use crate::monitor::check::{CheckResult, Timings};
 use crate::registry::BuildContext;
 use crate::telemetry::{self, FloatGaugeFamily, GaugeFamily, Labels};
 
@@ -217,7 +217,7 @@ impl ProbeMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::ErrorKind;
+    use crate::monitor::check::ErrorKind;
 
     #[test]
     fn every_reason_the_probe_gives_is_listed() {

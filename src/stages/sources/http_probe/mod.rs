@@ -1,14 +1,14 @@
 //! `http_probe`: checks websites over HTTP(S) on a schedule; every check becomes one event.
 //!
-//! Each check is a real request through libcurl ([`crate::libcurl`]), by default on a fresh
+//! Each check is a real request through libcurl ([`crate::monitor::libcurl`]), by default on a fresh
 //! connection, with no DNS cache and a full TLS handshake, so the DNS, connect and TLS phases
 //! are measured for real. Whatever happens on
 //! the network (a timeout, a DNS failure, a refused connection, a bad certificate) the check
-//! yields a result in message schema v1 ([`crate::check::CheckResult`]): failures are data, not
+//! yields a result in message schema v1 ([`crate::monitor::check::CheckResult`]): failures are data, not
 //! log lines. Bodies are read up to `max_body_bytes` and kept (as the event's raw bytes, never
 //! a field) only when a regex needs them; `regex_match` consumes them.
 //!
-//! Scheduling is slot-based ([`crate::schedule`]). Typed failure reasons, per-phase timings and
+//! Scheduling is slot-based ([`crate::monitor::schedule`]). Typed failure reasons, per-phase timings and
 //! slots follow getsentry/uptime-checker; the code is ours.
 
 mod config;

@@ -10,11 +10,13 @@ use bytes::Bytes;
 use slog::info;
 use tokio::time::Instant;
 
-use crate::check::{self, CheckError, CheckResult, ErrorKind, Timings, TlsInfo, SCHEMA_VERSION};
 use crate::config::duration;
 use crate::event::Event;
-use crate::libcurl::{self, Agent, Outcome, Times};
-use crate::schedule::{self, Clock, Entry};
+use crate::monitor::check::{
+    self, CheckError, CheckResult, ErrorKind, Timings, TlsInfo, SCHEMA_VERSION,
+};
+use crate::monitor::libcurl::{self, Agent, Outcome, Times};
+use crate::monitor::schedule::{self, Clock, Entry};
 use crate::stage::{BoxError, Source, SourceContext};
 
 use super::config::*;
@@ -322,7 +324,7 @@ pub(super) fn classify(error: &curl::Error, target: &Target) -> CheckError {
     if let Some(password) = target
         .proxy
         .as_deref()
-        .and_then(crate::secrets::url_password)
+        .and_then(crate::monitor::secrets::url_password)
     {
         message = message.replace(password, "***");
     }

@@ -13,9 +13,9 @@ use http::{Method, Uri};
 use crate::config::diagnostic::ConfigError;
 use crate::config::interpolate;
 use crate::config::locate::Locations;
-use crate::libcurl::{Agent, IpVersion};
+use crate::monitor::libcurl::{Agent, IpVersion};
+use crate::monitor::secrets::redact_url;
 use crate::registry::{BuildContext, StageConfig};
-use crate::secrets::redact_url;
 use crate::stage::Source;
 use crate::stages::transforms::regex_match::compile_pattern;
 

@@ -51,11 +51,11 @@ use slog::{debug, error, info, warn};
 use tokio::sync::Notify;
 
 use crate::ack::{self, AckStatus, Acknowledgements, Completion};
-use crate::check::{CheckResult, SCHEMA_VERSION};
 use crate::config::diagnostic::ConfigError;
 use crate::config::duration;
 use crate::event::{Event, Origin};
-use crate::kafka::{self, Options, SlogContext};
+use crate::monitor::check::{CheckResult, SCHEMA_VERSION};
+use crate::monitor::kafka::{self, Options, SlogContext};
 use crate::registry::{BuildContext, StageConfig};
 use crate::stage::{BoxError, Source, SourceContext};
 use crate::telemetry::{self, GaugeFamily, Labels, StageHealth};

@@ -89,11 +89,11 @@ impl fmt::Debug for Database {
     }
 }
 
-use crate::secrets::redact_url;
+use crate::monitor::secrets::redact_url;
 
 /// Replaces the URL's password in `message`.
 fn scrub(message: &str, url: &str) -> String {
-    match crate::secrets::url_password(url) {
+    match crate::monitor::secrets::url_password(url) {
         Some(password) if password.len() >= 2 => message.replace(password, "***"),
         _ => message.to_owned(),
     }

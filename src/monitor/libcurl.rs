@@ -16,7 +16,7 @@
 //! negotiated protocol, the cipher and the server's certificates while the handshake runs, so
 //! a refused certificate is reported as fully as an accepted one. The private-address guard
 //! is libcurl's `CURLOPT_OPENSOCKETFUNCTION`, which is handed the address about to be
-//! connected to, after DNS resolution ([`crate::ip_guard`]).
+//! connected to, after DNS resolution ([`crate::monitor::ip_guard`]).
 
 use std::cell::Cell;
 use std::ffi::c_void;
@@ -38,8 +38,8 @@ use openssl::ssl::{SslContext, SslContextBuilder};
 use openssl::x509::{X509NameRef, X509StoreContext, X509StoreContextRef, X509};
 use tokio::sync::oneshot;
 
-use crate::check::TlsInfo;
-use crate::ip_guard;
+use crate::monitor::check::TlsInfo;
+use crate::monitor::ip_guard;
 
 /// Which address family a transfer may connect over.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use uuid::Uuid;
 
-use crate::check::TlsInfo;
+use crate::monitor::check::TlsInfo;
 
 /// The namespace of `tls_details.key`: fixed, so keys stay stable across releases.
 const TLS_KEY_NAMESPACE: Uuid = Uuid::from_u128(0x3d5e_9b1c_44f0_4c2a_8e61_0b7d_a2c9_5f13);

@@ -19,17 +19,17 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "0001_checks.sql",
-        sql: include_str!("../migrations/0001_checks.sql"),
+        sql: include_str!("../../migrations/0001_checks.sql"),
     },
     Migration {
         version: 2,
         name: "0002_tls_and_checkers.sql",
-        sql: include_str!("../migrations/0002_tls_and_checkers.sql"),
+        sql: include_str!("../../migrations/0002_tls_and_checkers.sql"),
     },
     Migration {
         version: 3,
         name: "0003_compact_checks_rollups_incidents.sql",
-        sql: include_str!("../migrations/0003_compact_checks_rollups_incidents.sql"),
+        sql: include_str!("../../migrations/0003_compact_checks_rollups_incidents.sql"),
     },
 ];
 

@@ -2,7 +2,7 @@
 //! `pipe report` and `pipe rollups rebuild` read and rewrite. Rollups per target and UTC hour
 //! and day with mergeable latency histograms ([`rollups`], [`histogram`]), incidents replayed in
 //! slot order ([`incidents`]), their rebuild from the raw checks ([`rebuild`]), and the TLS
-//! details, checkers and regions stored once each ([`dimensions`]).
+//! details, checkers and regions stored once each (`dimensions`, the sink's own).
 //!
 //! Below the sink and the report (docs/architecture.md): neither reaches into the other.
 

@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn the_migration_holds_the_same_bounds() {
-        let sql = include_str!("../../migrations/0003_compact_checks_rollups_incidents.sql");
+        let sql = include_str!("../../../migrations/0003_compact_checks_rollups_incidents.sql");
         let start = sql.find("-- BOUNDS").expect("the bounds in the migration");
         let list = &sql[start..];
         let list = &list[list.find('{').unwrap() + 1..list.find('}').unwrap()];
