@@ -241,12 +241,18 @@ fn serve_plain(listener: TcpListener) -> Arc<AtomicUsize> {
 
 #[tokio::test]
 async fn ip_version_picks_the_address_family() {
-    let v6 = TcpListener::bind("[::1]:0").unwrap_or_else(|e| {
-        panic!("this machine has no IPv6 loopback (binding [::1] failed: {e}); the ip_version test needs one")
-    });
-    let port = v6.local_addr().unwrap().port();
-    let v4 = TcpListener::bind(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("127.0.0.1:{port} is taken ({e}); run the test again"));
+    // One port free on both loopbacks: the kernel picks it on [::1], and another test of this
+    // binary may hold the same number on 127.0.0.1, so a few picks may be needed.
+    let (v6, v4, port) = (0..50)
+        .find_map(|_| {
+            let v6 = TcpListener::bind("[::1]:0").unwrap_or_else(|e| {
+                panic!("this machine has no IPv6 loopback (binding [::1] failed: {e}); the ip_version test needs one")
+            });
+            let port = v6.local_addr().unwrap().port();
+            let v4 = TcpListener::bind(("127.0.0.1", port)).ok()?;
+            Some((v6, v4, port))
+        })
+        .expect("no port free on both 127.0.0.1 and [::1] in 50 tries");
     serve_plain(v6);
     serve_plain(v4);
     // libcurl resolves `localhost` to both loopback addresses itself (RFC 6761), whatever
