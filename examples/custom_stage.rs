@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo run --example custom_stage -- run examples/custom_stage.yaml
-//! cargo test --example custom_stage          # its unit tests, which need no service
+//! cargo test --example custom_stage          # its unit tests, which need no service (scripts/test runs them)
 //! ```
 //!
 //! The `uppercase` transform keeps a check result typed: it changes the struct in place

@@ -1,6 +1,7 @@
 //! The report as one self-contained HTML page: inline CSS, inline SVG charts drawn here, and a
 //! few lines of inline script; nothing is fetched, so it works offline and from a mail
-//! attachment. No library is used.
+//! attachment. The page is a maud template: every value is escaped by the template itself, so
+//! a target named `<script>` stays text.
 //!
 //! Every figure is also in `data-*` attributes, written exactly as the JSON report writes
 //! them, so a test can compare the page with `--format json`.
@@ -8,28 +9,14 @@
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+
 use super::{format_ms, human_duration, BucketReport, Report, TargetReport};
 use crate::monitor::check::rfc3339_millis;
 
 const CHART_WIDTH: f64 = 800.0;
 const CHART_HEIGHT: f64 = 140.0;
 const BAR_HEIGHT: f64 = 18.0;
-
-/// Text safe inside HTML elements and attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// A number as the JSON report writes it (`null` for none).
 fn json<T: serde::Serialize>(value: &T) -> String {
@@ -110,7 +97,7 @@ fn bucket_width(report: &Report) -> f64 {
     (report.bucket.seconds() as f64 / span_seconds(report) * CHART_WIDTH).max(1.0)
 }
 
-fn latency_chart(out: &mut String, report: &Report, series: &[BucketReport]) {
+fn latency_chart(report: &Report, series: &[BucketReport]) -> Markup {
     let top = series
         .iter()
         .filter_map(|b| b.p95_ms)
@@ -129,161 +116,190 @@ fn latency_chart(out: &mut String, report: &Report, series: &[BucketReport]) {
         }
         text
     };
-    let _ = write!(
-        out,
-        "<svg class=\"latency\" width=\"{CHART_WIDTH}\" height=\"{CHART_HEIGHT}\" viewBox=\"0 0 {CHART_WIDTH} {CHART_HEIGHT}\" role=\"img\" aria-label=\"response time, p50 and p95\">\
-         <line class=\"grid\" x1=\"0\" y1=\"{y0:.1}\" x2=\"{CHART_WIDTH}\" y2=\"{y0:.1}\"/>\
-         <line class=\"grid\" x1=\"0\" y1=\"{ym:.1}\" x2=\"{CHART_WIDTH}\" y2=\"{ym:.1}\"/>\
-         <text x=\"2\" y=\"{ytext:.1}\">{label}</text>\
-         <text x=\"2\" y=\"{CHART_HEIGHT}\">{start}</text>\
-         <text x=\"{CHART_WIDTH}\" y=\"{CHART_HEIGHT}\" text-anchor=\"end\">{end}</text>\
-         <polyline class=\"p50\" points=\"{p50}\"/><polyline class=\"p95\" points=\"{p95}\"/></svg>",
-        y0 = y(0.0),
-        ym = y(top / 1.1),
-        ytext = y(top / 1.1) - 2.0,
-        label = escape(&format_ms(Some(top / 1.1))),
-        start = escape(&date(report.since)),
-        end = escape(&date(report.until)),
-        p50 = points(&|b| b.p50_ms),
-        p95 = points(&|b| b.p95_ms),
-    );
-}
-
-fn availability_bar(out: &mut String, report: &Report, series: &[BucketReport]) {
-    let width = bucket_width(report);
-    let _ = write!(
-        out,
-        "<svg class=\"availability\" width=\"{CHART_WIDTH}\" height=\"{BAR_HEIGHT}\" viewBox=\"0 0 {CHART_WIDTH} {BAR_HEIGHT}\" role=\"img\" aria-label=\"availability per bucket\">"
-    );
-    for bucket in series {
-        let _ = write!(
-            out,
-            "<rect class=\"b-{}\" x=\"{:.1}\" width=\"{:.1}\" height=\"{BAR_HEIGHT}\"><title>{} {:.2}%</title></rect>",
-            class_of(bucket.availability),
-            x_of(report, bucket.start),
-            (width - 0.5).max(0.5),
-            escape(&date(bucket.start)),
-            bucket.availability * 100.0
-        );
+    let (y0, ym) = (format!("{:.1}", y(0.0)), format!("{:.1}", y(top / 1.1)));
+    html! {
+        svg.latency width=(CHART_WIDTH) height=(CHART_HEIGHT)
+            viewBox={ "0 0 " (CHART_WIDTH) " " (CHART_HEIGHT) } role="img"
+            aria-label="response time, p50 and p95" {
+            line.grid x1="0" y1=(y0) x2=(CHART_WIDTH) y2=(y0) {}
+            line.grid x1="0" y1=(ym) x2=(CHART_WIDTH) y2=(ym) {}
+            text x="2" y=(format!("{:.1}", y(top / 1.1) - 2.0)) { (format_ms(Some(top / 1.1))) }
+            text x="2" y=(CHART_HEIGHT) { (date(report.since)) }
+            text x=(CHART_WIDTH) y=(CHART_HEIGHT) text-anchor="end" { (date(report.until)) }
+            polyline.p50 points=(points(&|b| b.p50_ms)) {}
+            polyline.p95 points=(points(&|b| b.p95_ms)) {}
+        }
     }
-    out.push_str("</svg>");
 }
 
-fn incidents(out: &mut String, target: &TargetReport) {
+fn availability_bar(report: &Report, series: &[BucketReport]) -> Markup {
+    let width = format!("{:.1}", (bucket_width(report) - 0.5).max(0.5));
+    html! {
+        svg.availability width=(CHART_WIDTH) height=(BAR_HEIGHT)
+            viewBox={ "0 0 " (CHART_WIDTH) " " (BAR_HEIGHT) } role="img"
+            aria-label="availability per bucket" {
+            @for bucket in series {
+                rect class={ "b-" (class_of(bucket.availability)) }
+                    x=(format!("{:.1}", x_of(report, bucket.start))) width=(width) height=(BAR_HEIGHT) {
+                    title { (date(bucket.start)) " " (format!("{:.2}", bucket.availability * 100.0)) "%" }
+                }
+            }
+        }
+    }
+}
+
+fn incidents(target: &TargetReport) -> Markup {
     if target.incidents.is_empty() {
-        out.push_str("<p class=\"none\">No incidents in the range.</p>");
-        return;
+        return html! { p.none { "No incidents in the range." } };
     }
-    out.push_str("<table class=\"incidents\"><tr><th>started</th><th>duration</th><th>cause</th><th>failed checks</th><th>region</th></tr>");
-    for incident in &target.incidents {
-        let duration = match incident.ended_at {
-            Some(_) => human_duration(incident.duration_s),
-            None => format!("{} (open)", human_duration(incident.duration_s)),
-        };
-        let _ = write!(
-            out,
-            "<tr class=\"incident\" data-started-at=\"{}\" data-duration-s=\"{}\" data-cause=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&rfc3339_millis::format(incident.started_at)),
-            json(&incident.duration_s),
-            escape(&incident.cause),
-            escape(&date(incident.started_at)),
-            escape(&duration),
-            escape(&incident.cause),
-            incident.failed_checks,
-            escape(incident.region.as_deref().unwrap_or("-")),
-        );
+    html! {
+        table.incidents {
+            tr { th { "started" } th { "duration" } th { "cause" } th { "failed checks" } th { "region" } }
+            @for incident in &target.incidents {
+                @let duration = match incident.ended_at {
+                    Some(_) => human_duration(incident.duration_s),
+                    None => format!("{} (open)", human_duration(incident.duration_s)),
+                };
+                tr.incident data-started-at=(rfc3339_millis::format(incident.started_at))
+                    data-duration-s=(json(&incident.duration_s)) data-cause=(incident.cause) {
+                    td { (date(incident.started_at)) }
+                    td { (duration) }
+                    td { (incident.cause) }
+                    td { (incident.failed_checks) }
+                    td { (incident.region.as_deref().unwrap_or("-")) }
+                }
+            }
+        }
     }
-    out.push_str("</table>");
-}
-
-fn figures(target: &TargetReport) -> String {
-    format!(
-        "data-target=\"{}\" data-checks=\"{}\" data-up-checks=\"{}\" data-uptime-pct=\"{}\" data-downtime-s=\"{}\" data-p50-ms=\"{}\" data-p95-ms=\"{}\" data-p99-ms=\"{}\" data-incidents=\"{}\"",
-        escape(&target.target),
-        target.checks,
-        target.up_checks,
-        json(&target.uptime_pct),
-        json(&target.downtime_s),
-        json(&target.p50_ms),
-        json(&target.p95_ms),
-        json(&target.p99_ms),
-        target.incidents.len()
-    )
 }
 
 /// Renders `report` as a whole page.
 pub fn render(report: &Report) -> String {
-    let mut out = String::with_capacity(4096 + report.targets.len() * 8192);
-    let _ = write!(
-        out,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>pipe report: {since} to {until}</title><style>{STYLE}</style></head>\
-         <body data-since=\"{since_raw}\" data-until=\"{until_raw}\" data-bucket=\"{bucket}\">\
-         <h1>Uptime report</h1><p class=\"range\">{n} targets, {since} to {until} UTC, {bucket_words}; generated by pipe {version}.</p>",
-        since = escape(&date(report.since)),
-        until = escape(&date(report.until)),
-        since_raw = escape(&rfc3339_millis::format(report.since)),
-        until_raw = escape(&rfc3339_millis::format(report.until)),
-        bucket = json(&report.bucket).trim_matches('"'),
-        bucket_words = match report.bucket {
-            super::BucketSize::Hour => "in hours",
-            super::BucketSize::Day => "in days",
-        },
-        n = report.targets.len(),
-        version = env!("CARGO_PKG_VERSION"),
-    );
-    out.push_str("<table id=\"summary\"><tr><th>target</th><th>checks</th><th>uptime</th><th>incidents</th><th>downtime</th><th>p50</th><th>p95</th><th>p99</th></tr>");
-    for (i, target) in report.targets.iter().enumerate() {
-        let _ = write!(
-            out,
-            "<tr {}><td><a href=\"#t{i}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            figures(target),
-            escape(&target.target),
-            target.checks,
-            escape(&super::table::format_uptime(target)),
-            target.incidents.len(),
-            escape(&human_duration(target.downtime_s)),
-            escape(&format_ms(target.p50_ms)),
-            escape(&format_ms(target.p95_ms)),
-            escape(&format_ms(target.p99_ms)),
-        );
-    }
-    out.push_str("</table>");
-    for (i, target) in report.targets.iter().enumerate() {
-        let _ = write!(
-            out,
-            "<section class=\"target\" id=\"t{i}\" {}><h2>{}<span class=\"badge {}\">{}</span></h2>\
-             <p class=\"figures\">{} checks · p50 {} · p95 {} · p99 {} · downtime {}</p>\
-             <p class=\"legend\"><span class=\"k50\">━ p50</span><span class=\"k95\">━ p95</span></p>",
-            figures(target),
-            escape(&target.target),
-            class_of(target.uptime_pct / 100.0),
-            escape(&super::table::format_uptime(target)),
-            target.checks,
-            escape(&format_ms(target.p50_ms)),
-            escape(&format_ms(target.p95_ms)),
-            escape(&format_ms(target.p99_ms)),
-            escape(&human_duration(target.downtime_s)),
-        );
-        latency_chart(&mut out, report, &target.series);
-        availability_bar(&mut out, report, &target.series);
-        incidents(&mut out, target);
-        out.push_str("</section>");
-    }
-    let _ = writeln!(out, "<script>{SCRIPT}</script></body></html>");
-    out
+    let (since, until) = (date(report.since), date(report.until));
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "pipe report: " (since) " to " (until) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body data-since=(rfc3339_millis::format(report.since))
+                data-until=(rfc3339_millis::format(report.until))
+                data-bucket=(json(&report.bucket).trim_matches('"')) {
+                h1 { "Uptime report" }
+                p.range {
+                    (report.targets.len()) " targets, " (since) " to " (until) " UTC, "
+                    (match report.bucket {
+                        super::BucketSize::Hour => "in hours",
+                        super::BucketSize::Day => "in days",
+                    })
+                    "; generated by pipe " (env!("CARGO_PKG_VERSION")) "."
+                }
+                table #summary {
+                    tr {
+                        th { "target" } th { "checks" } th { "uptime" } th { "incidents" }
+                        th { "downtime" } th { "p50" } th { "p95" } th { "p99" }
+                    }
+                    @for (i, target) in report.targets.iter().enumerate() {
+                        tr data-target=(target.target) data-checks=(target.checks)
+                            data-up-checks=(target.up_checks) data-uptime-pct=(json(&target.uptime_pct))
+                            data-downtime-s=(json(&target.downtime_s)) data-p50-ms=(json(&target.p50_ms))
+                            data-p95-ms=(json(&target.p95_ms)) data-p99-ms=(json(&target.p99_ms))
+                            data-incidents=(target.incidents.len()) {
+                            td { a href={ "#t" (i) } { (target.target) } }
+                            td { (target.checks) }
+                            td { (super::table::format_uptime(target)) }
+                            td { (target.incidents.len()) }
+                            td { (human_duration(target.downtime_s)) }
+                            td { (format_ms(target.p50_ms)) }
+                            td { (format_ms(target.p95_ms)) }
+                            td { (format_ms(target.p99_ms)) }
+                        }
+                    }
+                }
+                @for (i, target) in report.targets.iter().enumerate() {
+                    section.target id={ "t" (i) } data-target=(target.target)
+                        data-checks=(target.checks) data-up-checks=(target.up_checks)
+                        data-uptime-pct=(json(&target.uptime_pct)) data-downtime-s=(json(&target.downtime_s))
+                        data-p50-ms=(json(&target.p50_ms)) data-p95-ms=(json(&target.p95_ms))
+                        data-p99-ms=(json(&target.p99_ms)) data-incidents=(target.incidents.len()) {
+                        h2 {
+                            (target.target)
+                            span class={ "badge " (class_of(target.uptime_pct / 100.0)) } {
+                                (super::table::format_uptime(target))
+                            }
+                        }
+                        p.figures {
+                            (target.checks) " checks · p50 " (format_ms(target.p50_ms))
+                            " · p95 " (format_ms(target.p95_ms)) " · p99 " (format_ms(target.p99_ms))
+                            " · downtime " (human_duration(target.downtime_s))
+                        }
+                        p.legend { span.k50 { "━ p50" } span.k95 { "━ p95" } }
+                        (latency_chart(report, &target.series))
+                        (availability_bar(report, &target.series))
+                        (incidents(target))
+                    }
+                }
+                script { (PreEscaped(SCRIPT)) }
+            }
+        }
+    };
+    page.into_string() + "\n"
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
     use super::*;
+    use crate::report::{BucketSize, IncidentReport, TargetReport};
 
     #[test]
-    fn names_are_escaped() {
+    fn a_target_named_like_markup_stays_text() {
+        let since = UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+        let name = "<script>alert('x')</script> & \"q\"";
+        let report = Report {
+            since,
+            until: since + Duration::from_secs(3600),
+            bucket: BucketSize::Hour,
+            generated_at: since,
+            targets: vec![TargetReport {
+                target: name.to_owned(),
+                checks: 2,
+                up_checks: 1,
+                uptime_pct: 50.0,
+                downtime_s: 30.0,
+                p50_ms: Some(12.0),
+                p95_ms: Some(20.0),
+                p99_ms: Some(20.0),
+                last: None,
+                incidents: vec![IncidentReport {
+                    region: Some("<b>eu</b>".into()),
+                    started_at: since,
+                    ended_at: None,
+                    duration_s: 30.0,
+                    failed_checks: 3,
+                    cause: "<img src=x onerror=alert(1)>".into(),
+                }],
+                series: Vec::new(),
+            }],
+        };
+        let page = render(&report);
+        assert!(!page.contains("<script>alert"), "the name is not markup");
+        assert!(
+            !page.contains("<img") && !page.contains("<b>"),
+            "nor the cause or region"
+        );
+        assert!(page.contains("&lt;script&gt;alert('x')&lt;/script&gt; &amp; &quot;q&quot;"));
+        assert!(page.contains(
+            "data-target=\"&lt;script&gt;alert('x')&lt;/script&gt; &amp; &quot;q&quot;\""
+        ));
         assert_eq!(
-            escape("<script>alert('x')</script> & \"q\""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+            page.matches("<script>").count(),
+            1,
+            "only the page's own script"
         );
     }
 }
