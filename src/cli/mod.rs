@@ -12,6 +12,8 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use slog::{error, info, warn};
 
+mod progress;
+
 use crate::compiler::{self, CompiledPipeline};
 use crate::config::diagnostic::Diagnostics;
 use crate::config::duration;
@@ -21,6 +23,7 @@ use crate::monitor::history::rebuild;
 use crate::registry::Registry;
 use crate::stage::StageKind;
 use crate::topology::{self, RunOptions};
+use progress::ProgressBar;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -506,45 +509,6 @@ async fn report(logger: &slog::Logger, args: ReportArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
-}
-
-/// A one-line progress bar on standard error, drawn only when it is a terminal.
-struct ProgressBar {
-    what: &'static str,
-    terminal: bool,
-    drawn: bool,
-}
-
-impl ProgressBar {
-    fn new(what: &'static str) -> Self {
-        use std::io::IsTerminal;
-        Self {
-            what,
-            terminal: std::io::stderr().is_terminal(),
-            drawn: false,
-        }
-    }
-
-    fn show(&mut self, done: usize, total: usize, label: &str) {
-        if !self.terminal {
-            return;
-        }
-        const WIDTH: usize = 30;
-        let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
-        eprint!(
-            "\r{} [{}{}] {done}/{total} {label}",
-            self.what,
-            "#".repeat(filled),
-            ".".repeat(WIDTH - filled)
-        );
-        self.drawn = true;
-    }
-
-    fn finish(&self) {
-        if self.drawn {
-            eprintln!();
-        }
-    }
 }
 
 /// The pipeline as a Graphviz digraph, data flowing left to right.
