@@ -182,26 +182,19 @@ impl KafkaSource {
         warning: &mut RepeatedWarning,
         logger: &slog::Logger,
     ) -> Result<(), BoxError> {
-        let now = std::time::Instant::now();
-        let mut watchdog = self
-            .consumer
-            .context()
-            .watchdog
-            .lock()
-            .expect("not poisoned");
-        if held_back {
-            watchdog.restart(now);
-        } else if probe.is_none() {
-            let suspects = watchdog.suspects(now);
-            if !suspects.is_empty() {
-                let config = self.probe_config.clone();
-                *probe = Some(tokio::task::spawn_blocking(move || {
-                    ask_ends(&config, suspects)
-                }));
+        let stalls = self.update_watchdog(|watchdog, now| {
+            if held_back {
+                watchdog.restart(now);
+            } else if probe.is_none() {
+                let suspects = watchdog.suspects(now);
+                if !suspects.is_empty() {
+                    let config = self.probe_config.clone();
+                    *probe = Some(tokio::task::spawn_blocking(move || {
+                        ask_ends(&config, suspects)
+                    }));
+                }
             }
-        }
-        let stalls = watchdog.stalled(now);
-        drop(watchdog);
+        });
         self.judge_stalls(&stalls, warning, logger)
     }
 
@@ -212,6 +205,19 @@ impl KafkaSource {
         warning: &mut RepeatedWarning,
         logger: &slog::Logger,
     ) -> Result<(), BoxError> {
+        let stalls = self.update_watchdog(|watchdog, now| {
+            for (partition, position, offsets) in &answers {
+                watchdog.answered(partition, *position, *offsets, now);
+            }
+        });
+        self.judge_stalls(&stalls, warning, logger)
+    }
+
+    /// Changes the watchdog under its lock, and returns the stalls it then knows.
+    fn update_watchdog(
+        &self,
+        change: impl FnOnce(&mut stall::Watchdog, std::time::Instant),
+    ) -> Vec<stall::Stall> {
         let now = std::time::Instant::now();
         let mut watchdog = self
             .consumer
@@ -219,12 +225,8 @@ impl KafkaSource {
             .watchdog
             .lock()
             .expect("not poisoned");
-        for (partition, position, offsets) in &answers {
-            watchdog.answered(partition, *position, *offsets, now);
-        }
-        let stalls = watchdog.stalled(now);
-        drop(watchdog);
-        self.judge_stalls(&stalls, warning, logger)
+        change(&mut watchdog, now);
+        watchdog.stalled(now)
     }
 
     /// Stalled partitions make the stage not ready at once, are logged (at most every 30 s),
