@@ -244,6 +244,106 @@ impl Event {
     pub fn check_mut(&mut self) -> Option<&mut CheckResult> {
         self.payload_mut()
     }
+
+    /// The check as a transform reads and changes it, typed or as fields, so that a transform
+    /// writes its logic once: a typed check stays typed, and an event that is already a field
+    /// map (from a custom stage, say) is changed as one.
+    pub fn check_view(&mut self) -> CheckView<'_> {
+        if self.check().is_some() {
+            CheckView::Typed(self.check_mut().expect("a typed check, tested above"))
+        } else {
+            CheckView::Fields(self.fields_mut())
+        }
+    }
+}
+
+/// A check, typed or as fields: the few fields the checker's transforms read and set
+/// ([`Event::check_view`]). Field maps may lack any of them; a getter then gives `None`.
+#[derive(Debug)]
+pub enum CheckView<'a> {
+    /// A typed check, changed in place.
+    Typed(&'a mut CheckResult),
+    /// A field map, changed field by field.
+    Fields(&'a mut Map<String, Value>),
+}
+
+impl CheckView<'_> {
+    /// `target`.
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            Self::Typed(check) => Some(&check.target),
+            Self::Fields(fields) => fields.get("target").and_then(Value::as_str),
+        }
+    }
+
+    /// `response_time_ms`.
+    pub fn response_time_ms(&self) -> Option<f64> {
+        match self {
+            Self::Typed(check) => Some(check.response_time_ms),
+            Self::Fields(fields) => fields.get("response_time_ms").and_then(Value::as_f64),
+        }
+    }
+
+    /// `regex`: the target's own pattern.
+    pub fn regex(&self) -> Option<&str> {
+        match self {
+            Self::Typed(check) => check.regex.as_deref(),
+            Self::Fields(fields) => fields.get("regex").and_then(Value::as_str),
+        }
+    }
+
+    /// Sets `regex`.
+    pub fn set_regex(&mut self, pattern: String) {
+        match self {
+            Self::Typed(check) => check.regex = Some(pattern),
+            Self::Fields(fields) => {
+                fields.insert("regex".into(), pattern.into());
+            }
+        }
+    }
+
+    /// Sets `latency_class`.
+    pub fn set_latency_class(&mut self, class: LatencyClass) {
+        match self {
+            Self::Typed(check) => check.latency_class = Some(class),
+            Self::Fields(fields) => {
+                fields.insert("latency_class".into(), class.as_str().into());
+            }
+        }
+    }
+
+    /// Sets `regex_matched` (`None`: not known).
+    pub fn set_regex_matched(&mut self, matched: Option<bool>) {
+        match self {
+            Self::Typed(check) => check.regex_matched = matched,
+            Self::Fields(fields) => {
+                fields.insert(
+                    "regex_matched".into(),
+                    matched.map_or(Value::Null, Value::Bool),
+                );
+            }
+        }
+    }
+
+    /// Sets `captures`.
+    pub fn set_captures(&mut self, captures: Map<String, Value>) {
+        match self {
+            Self::Typed(check) => check.captures = Some(captures),
+            Self::Fields(fields) => {
+                fields.insert("captures".into(), Value::Object(captures));
+            }
+        }
+    }
+
+    /// Lowers `up`: a transform may count a check down, never up.
+    pub fn set_down(&mut self) {
+        match self {
+            Self::Typed(check) => check.up = false,
+            Self::Fields(fields) => {
+                fields.insert("up".into(), false.into());
+            }
+        }
+    }
 }
 
 /// `SystemTime` as RFC 3339 in UTC with milliseconds, e.g. `2026-11-29T07:50:00.123Z`.
@@ -322,6 +422,36 @@ mod tests {
         );
         event.insert("note", "rewritten");
         assert!(event.check().is_none(), "a field map from here on");
+    }
+
+    #[test]
+    fn a_check_view_changes_typed_checks_and_field_maps_alike() {
+        let change = |view: &mut CheckView<'_>| {
+            assert_eq!(view.target(), Some("example"));
+            assert_eq!(view.response_time_ms(), Some(12.345));
+            assert_eq!(view.regex(), None);
+            view.set_regex("Example (?P<word>\\w+)".into());
+            view.set_latency_class(LatencyClass::Slow);
+            view.set_regex_matched(Some(true));
+            view.set_captures(Map::from_iter([("word".to_owned(), "Domain".into())]));
+            view.set_down();
+        };
+        let mut typed = Event::from_check(sample());
+        change(&mut typed.check_view());
+        let mut fields = Event::new(sample().into_fields());
+        change(&mut fields.check_view());
+
+        assert!(typed.check().is_some(), "a typed check stays typed");
+        assert_eq!(typed.fields(), fields.fields());
+        assert_eq!(
+            typed.check().unwrap().latency_class,
+            Some(LatencyClass::Slow)
+        );
+        assert!(!typed.check().unwrap().up);
+        // A map that is not a check: nothing to read, and setters only add their field.
+        let mut other = Event::new(Map::new());
+        assert_eq!(other.check_view().target(), None);
+        assert_eq!(other.check_view().response_time_ms(), None);
     }
 
     fn sample_with(change: impl FnOnce(&mut CheckResult)) -> CheckResult {

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::config::diagnostic::ConfigError;
 use crate::config::duration;
@@ -131,18 +130,13 @@ impl Latency {
 
 impl Transform for Latency {
     fn transform(&mut self, mut event: Event, out: &mut Vec<Event>) -> Result<(), BoxError> {
-        if let Some(check) = event.check_mut() {
-            let (class, down) = self.classify(Some(&check.target), check.response_time_ms);
-            check.latency_class = Some(class);
+        let mut check = event.check_view();
+        // Events without a response time (not checks) pass through untouched.
+        if let Some(elapsed) = check.response_time_ms() {
+            let (class, down) = self.classify(check.target(), elapsed);
+            check.set_latency_class(class);
             if down {
-                check.up = false;
-            }
-        } else if let Some(elapsed) = event.get("response_time_ms").and_then(Value::as_f64) {
-            let target = event.get("target").and_then(Value::as_str);
-            let (class, down) = self.classify(target, elapsed);
-            event.insert("latency_class", class.as_str());
-            if down {
-                event.insert("up", false);
+                check.set_down();
             }
         }
         out.push(event);
@@ -153,7 +147,7 @@ impl Transform for Latency {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn build(yaml: &str) -> Result<Box<dyn Transform>, Vec<ConfigError>> {
         let cx = BuildContext::new("speed", ".", slog::Logger::root(slog::Discard, slog::o!()));

@@ -155,62 +155,31 @@ impl RegexMatch {
 impl Transform for RegexMatch {
     fn transform(&mut self, mut event: Event, out: &mut Vec<Event>) -> Result<(), BoxError> {
         let body = event.take_raw();
-        if let Some(check) = event.check_mut() {
-            // A typed check: changed in place.
-            let verdict = self.judge(check.regex.as_deref(), body.as_deref());
-            if !matches!(verdict, Verdict::NoPattern) {
-                if let Some(pattern) = self.default_pattern(check.regex.is_some()) {
-                    check.regex = Some(pattern);
-                }
-            }
-            match verdict {
-                Verdict::NoPattern | Verdict::NoBody => {}
-                Verdict::BadPattern(message) => {
-                    check.regex_matched = None;
-                    check.up = false;
-                    // Not a field of the schema: the event becomes a plain field map.
-                    event.insert("regex_error", message);
-                }
-                Verdict::Matched(captures) => {
-                    check.regex_matched = Some(true);
-                    if !captures.is_empty() {
-                        check.captures = Some(captures);
-                    }
-                }
-                Verdict::Unmatched => {
-                    check.regex_matched = Some(false);
-                    check.up = false;
-                }
-            }
-            out.push(event);
-            return Ok(());
-        }
-        let own = event
-            .get("regex")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        let mut check = event.check_view();
+        let own = check.regex().map(str::to_owned);
         let verdict = self.judge(own.as_deref(), body.as_deref());
         if !matches!(verdict, Verdict::NoPattern) {
             if let Some(pattern) = self.default_pattern(own.is_some()) {
-                event.insert("regex", pattern);
+                check.set_regex(pattern);
             }
         }
         match verdict {
             Verdict::NoPattern | Verdict::NoBody => {}
             Verdict::BadPattern(message) => {
-                event.insert("regex_matched", Value::Null);
-                event.insert("up", false);
+                check.set_regex_matched(None);
+                check.set_down();
+                // Not a field of the schema: a typed check becomes a plain field map.
                 event.insert("regex_error", message);
             }
             Verdict::Matched(captures) => {
-                event.insert("regex_matched", true);
+                check.set_regex_matched(Some(true));
                 if !captures.is_empty() {
-                    event.insert("captures", captures);
+                    check.set_captures(captures);
                 }
             }
             Verdict::Unmatched => {
-                event.insert("regex_matched", false);
-                event.insert("up", false);
+                check.set_regex_matched(Some(false));
+                check.set_down();
             }
         }
         out.push(event);
