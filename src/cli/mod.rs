@@ -13,6 +13,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use slog::{error, info, warn};
 
 mod progress;
+mod targets;
 
 use crate::compiler::{self, CompiledPipeline};
 use crate::config::diagnostic::Diagnostics;
@@ -72,6 +73,11 @@ enum Command {
     Rollups {
         #[command(subcommand)]
         command: RollupsCommand,
+    },
+    /// Keep the targets topic of a checker fleet: `apply FILE` (plan, then publish), `list`.
+    Targets {
+        #[command(subcommand)]
+        command: targets::TargetsCommand,
     },
     /// Print a shell completion script: `pipe completions bash > /etc/bash_completion.d/pipe`.
     Completions {
@@ -184,6 +190,7 @@ pub fn main(registry: Registry) -> ExitCode {
             Command::Rollups {
                 command: RollupsCommand::Rebuild(args),
             } => rebuild_rollups(&logger, args).await,
+            Command::Targets { command } => targets::targets(&logger, command).await,
             Command::Completions { shell } => {
                 clap_complete::generate(shell, &mut Cli::command(), "pipe", &mut std::io::stdout());
                 ExitCode::SUCCESS

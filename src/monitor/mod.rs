@@ -14,3 +14,4 @@ pub mod libcurl;
 pub mod migrate;
 pub mod schedule;
 pub mod secrets;
+pub mod targets_topic;

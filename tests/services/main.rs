@@ -18,6 +18,7 @@ mod quickstart;
 mod rebalance;
 mod report;
 mod services;
+mod targets;
 mod telemetry;
 mod writer;
 mod writer_faults;
