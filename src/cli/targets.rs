@@ -15,6 +15,7 @@ use clap::{Args, Subcommand};
 use slog::error;
 
 use crate::config::duration;
+use crate::config::locate::Locations;
 use crate::monitor::kafka::{OptionValue, Options};
 use crate::monitor::targets_topic::{Current, Plan, TopicAccess};
 use crate::stages::sources::http_probe::TargetConfig;
@@ -136,6 +137,12 @@ fn load(file: &Path) -> Result<Current, String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{at}: cannot read it: {e}"))?;
     let entries: Vec<serde_json::Value> =
         serde_norway::from_str(&text).map_err(|e| format!("{at}: {e}"))?;
+    // Errors give the line and column, as `targets_file` errors do.
+    let locations = Locations::index(&text);
+    let line_of = |path: &str| match locations.find(path) {
+        Some(l) => format!("line {} column {}: ", l.line, l.column),
+        None => String::new(),
+    };
     let mut errors = Vec::new();
     let mut desired = Current::new();
     let mut seen = BTreeSet::new();
@@ -143,15 +150,20 @@ fn load(file: &Path) -> Result<Current, String> {
         let target: TargetConfig = match serde_path_to_error::deserialize(&entry) {
             Ok(target) => target,
             Err(e) => {
-                let path = e.path().to_string();
-                errors.push(format!("{at}: [{i}].{path}: {}", e.into_inner()));
+                let path = format!("[{i}].{}", e.path());
+                errors.push(format!(
+                    "{at}: {}{path}: {}",
+                    line_of(&path),
+                    e.into_inner()
+                ));
                 continue;
             }
         };
         let name = target.name.unwrap_or(target.url);
         if !seen.insert(name.clone()) {
             errors.push(format!(
-                "{at}: [{i}]: duplicate target name `{}`; names must be unique (set `name:`)",
+                "{at}: {}[{i}]: duplicate target name `{}`; names must be unique (set `name:`)",
+                line_of(&format!("[{i}]")),
                 crate::monitor::secrets::redact_url(&name)
             ));
             continue;

@@ -156,10 +156,10 @@ impl Transform for RegexMatch {
     fn transform(&mut self, mut event: Event, out: &mut Vec<Event>) -> Result<(), BoxError> {
         let body = event.take_raw();
         let mut check = event.check_view();
-        let own = check.regex().map(str::to_owned);
-        let verdict = self.judge(own.as_deref(), body.as_deref());
+        let has_own = check.regex().is_some();
+        let verdict = self.judge(check.regex(), body.as_deref());
         if !matches!(verdict, Verdict::NoPattern) {
-            if let Some(pattern) = self.default_pattern(own.is_some()) {
+            if let Some(pattern) = self.default_pattern(has_own) {
                 check.set_regex(pattern);
             }
         }
