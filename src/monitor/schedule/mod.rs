@@ -9,17 +9,24 @@
 //! still runs is counted as missed and skipped, not queued. A global concurrency limit caps the
 //! checks in flight; a check waiting for a permit starts late, and its lateness shows in
 //! `started_at − scheduled_at`.
+//!
+//! Entries can be added, changed and removed while the schedule runs ([`run_dynamic`]): a
+//! checker of a fleet gains and loses targets as its group rebalances, and the targets topic
+//! changes them.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::binary_heap::PeekMut;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use slog::{error, warn};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -121,7 +128,8 @@ pub struct Slot {
 /// Where a schedule reports the slots it skips: a warning at most every 30 s naming a few of
 /// the targets, and a counter.
 pub struct MissedSlots<'a> {
-    /// The entries' names, in the order of the entries.
+    /// The entries' names, in the order of the entries (for [`run`]; [`run_dynamic`] takes
+    /// them from its commands).
     pub names: &'a [String],
     /// Where the warnings go.
     pub logger: &'a slog::Logger,
@@ -138,6 +146,33 @@ pub struct Stats {
     pub missed: u64,
 }
 
+/// A change to a running schedule ([`run_dynamic`]), by entry name.
+#[derive(Debug)]
+pub enum Command<T> {
+    /// Schedules `name`, or replaces what it had. A new entry's first slot is `first_ms`
+    /// (which may be a little in the past: it is then due at once), or the next slot from now.
+    /// An entry that is replaced keeps its place in time unless its interval or offset
+    /// changed; a check of it in flight runs to its end with the old item.
+    Upsert {
+        /// The entry's unique name.
+        name: Arc<str>,
+        /// Its interval and offset.
+        entry: Entry,
+        /// Its first slot (ms since the epoch); `None`: the next one from now.
+        first_ms: Option<u64>,
+        /// What its checks are given.
+        item: T,
+    },
+    /// Stops scheduling `name`. `done` is answered once the check of it in flight, if any,
+    /// has ended, so that whoever removes it knows nothing more of it will start or finish.
+    Remove {
+        /// The entry's name.
+        name: Arc<str>,
+        /// Answered when nothing of the entry runs any more.
+        done: Option<oneshot::Sender<()>>,
+    },
+}
+
 /// How often, at most, skipped slots are reported. An overloaded checker can skip thousands of
 /// slots a second; one line per slot would bury everything else in the log.
 const MISSED_REPORT_EVERY: Duration = Duration::from_secs(30);
@@ -146,17 +181,8 @@ const MISSED_REPORT_EVERY: Duration = Duration::from_secs(30);
 const MISSED_REPORT_NAMES: usize = 5;
 
 /// Runs `check` for every slot of every entry until `shutdown`, then waits for the checks in
-/// flight, reporting skipped slots to `missed_slots`.
-///
-/// At most `concurrency` checks run at once. A due slot that finds them all taken waits in a
-/// first-come-first-served queue; its check (and its future, with whatever buffers it holds) is
-/// only created when it starts, so an overloaded checker holds a queue of small slots rather
-/// than thousands of parked futures.
-///
-/// The checks are polled by this task rather than spawned. Their I/O completes on other
-/// threads (libcurl's), and every completion wakes the task that awaits it: with one task for
-/// all checks, wake-ups that come while it is already awake or queued cost nothing, where
-/// separate tasks would each wake a runtime thread. Measured in BENCHMARKS.md.
+/// flight, reporting skipped slots to `missed_slots`. A fixed list: [`run_dynamic`] with the
+/// entries as its first commands, and the entries' names from `missed_slots`.
 pub async fn run<F, Fut>(
     entries: &[Entry],
     clock: Clock,
@@ -169,42 +195,94 @@ where
     F: FnMut(Slot) -> Fut,
     Fut: Future<Output = ()> + Send,
 {
-    let concurrency = concurrency.max(1);
-    let now = clock.now_ms();
-    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = entries
+    let initial = entries
         .iter()
         .enumerate()
-        .map(|(i, e)| Reverse((next_slot(now, e.interval, e.offset), i)))
-        .collect();
-    // An entry is busy from its slot coming due until its check ends, waiting or running.
-    let mut busy = vec![false; entries.len()];
-    let mut waiting: VecDeque<Slot> = VecDeque::new();
+        .map(|(i, entry)| Command::Upsert {
+            name: missed_slots
+                .names
+                .get(i)
+                .map_or_else(|| Arc::from(format!("#{i}")), |n| Arc::from(n.as_str())),
+            entry: *entry,
+            first_ms: None,
+            item: (),
+        });
+    run_dynamic(
+        initial,
+        None,
+        clock,
+        concurrency,
+        shutdown,
+        missed_slots,
+        |slot, ()| check(slot),
+    )
+    .await
+}
+
+/// Runs `check` for every slot of every entry, the entries being changed at run time by
+/// `commands`, until `shutdown` (or until there is nothing left to run and no more commands
+/// can come), then waits for the checks in flight.
+///
+/// At most `concurrency` checks run at once. A due slot that finds them all taken waits in a
+/// first-come-first-served queue; its check (and its future, with whatever buffers it holds) is
+/// only created when it starts, so an overloaded checker holds a queue of small slots rather
+/// than thousands of parked futures.
+///
+/// The checks are polled by this task rather than spawned. Their I/O completes on other
+/// threads (libcurl's), and every completion wakes the task that awaits it: with one task for
+/// all checks, wake-ups that come while it is already awake or queued cost nothing, where
+/// separate tasks would each wake a runtime thread. Measured in BENCHMARKS.md.
+///
+/// Entries live in a slab, addressed by index ([`Slot::entry`]); heap items carry the
+/// generation of the entry they were made for, so an item of a removed or rescheduled entry
+/// is dropped when it comes up rather than searched for when the change comes.
+pub async fn run_dynamic<T, F, Fut>(
+    initial: impl IntoIterator<Item = Command<T>>,
+    mut commands: Option<mpsc::UnboundedReceiver<Command<T>>>,
+    clock: Clock,
+    concurrency: usize,
+    shutdown: CancellationToken,
+    missed_slots: MissedSlots<'_>,
+    mut check: F,
+) -> Stats
+where
+    F: FnMut(Slot, &T) -> Fut,
+    Fut: Future<Output = ()> + Send,
+{
+    let concurrency = concurrency.max(1);
+    let mut table = Table::new();
+    for command in initial {
+        table.apply(command, clock.now_ms());
+    }
     let mut running = FuturesUnordered::new();
     let mut stats = Stats::default();
     let MissedSlots {
-        names,
         logger,
         counter: missed_slots,
+        ..
     } = missed_slots;
-    let mut missed = MissedReport::new(names, logger);
+    let mut missed = MissedReport::new(logger);
 
     // A check that panics is a bug, but it must not stop its target (or the others) forever.
-    let mut start = |slot: Slot| {
-        let work = AssertUnwindSafe(check(slot)).catch_unwind();
+    let mut start = |slot: Slot, item: &T| {
+        let work = AssertUnwindSafe(check(slot, item)).catch_unwind();
         async move { (slot.entry, work.await.is_err()) }
     };
 
-    let Some(Reverse((first_ms, _))) = heap.peek().copied() else {
-        return stats;
-    };
     // One timer, moved as the next slot changes, rather than a new one every turn of the loop.
-    let timer = tokio::time::sleep_until(clock.instant_at(first_ms));
+    let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
 
-    while let Some(Reverse((due_ms, _))) = heap.peek().copied() {
-        let due = clock.instant_at(due_ms);
-        if timer.deadline() != due {
-            timer.as_mut().reset(due);
+    loop {
+        let next_due = table.heap.peek().map(|Reverse(item)| item.due_ms);
+        if next_due.is_none() && running.is_empty() && commands.is_none() {
+            break;
+        }
+        if let Some(due_ms) = next_due {
+            let due = clock.instant_at(due_ms);
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
+            }
         }
         tokio::select! {
             biased;
@@ -215,91 +293,302 @@ where
                 while let Some((entry, panicked)) = done {
                     if panicked {
                         error!(logger, "a check panicked; the target stays scheduled";
-                               "target" => names.get(entry).map_or("?", String::as_str));
+                               "target" => table.name(entry));
                     }
-                    busy[entry] = false;
-                    if let Some(slot) = waiting.pop_front() {
-                        running.push(start(slot));
+                    table.finished(entry);
+                    // Queued slots of removed entries left the queue with them.
+                    if let Some(slot) = table.waiting.pop_front() {
+                        let state = table.slab[slot.entry].as_mut().expect("queued entries exist");
+                        state.phase = Phase::Running;
+                        running.push(start(slot, &state.item));
                         stats.started += 1;
                     }
                     done = running.next().now_or_never().flatten();
                 }
             }
-            () = &mut timer => {}
+            command = recv(&mut commands) => match command {
+                Some(command) => {
+                    table.apply(command, clock.now_ms());
+                    // Take every change queued by now in one turn (a rebalance brings hundreds).
+                    while let Some(Ok(command)) = commands.as_mut().map(|c| c.try_recv()) {
+                        table.apply(command, clock.now_ms());
+                    }
+                }
+                None => commands = None,
+            },
+            () = &mut timer, if next_due.is_some() => {}
         }
         // Slots that are due are taken whichever branch ran, so that a steady stream of
         // finished checks cannot hold them back; checks that finished at the very time of
         // their next slot were taken first, so that slot is not counted as missed.
-        if Instant::now() < due {
-            continue;
-        }
-        while let Some(mut top) = heap.peek_mut() {
-            let Reverse((slot_ms, entry)) = *top;
-            if slot_ms > due_ms {
+        let now_ms = clock.now_ms();
+        loop {
+            let Table {
+                slab,
+                heap,
+                waiting,
+                ..
+            } = &mut table;
+            let Some(mut top) = heap.peek_mut() else {
+                break;
+            };
+            let Reverse(item) = *top;
+            if item.due_ms > now_ms {
                 break;
             }
+            let Some(state) = live(slab, item) else {
+                PeekMut::pop(top);
+                continue;
+            };
             // Reschedule in place: one sift instead of a pop and a push.
-            let interval_ms = entries[entry].interval.as_millis().max(1) as u64;
-            *top = Reverse((slot_ms + interval_ms, entry));
+            let interval_ms = state.entry.interval.as_millis().max(1) as u64;
+            *top = Reverse(HeapItem {
+                due_ms: item.due_ms + interval_ms,
+                ..item
+            });
             drop(top);
-            if busy[entry] {
+            if state.phase != Phase::Idle {
                 stats.missed += 1;
                 if let Some(counter) = missed_slots {
                     counter.inc();
                 }
-                missed.add(entry);
+                missed.add(&state.name);
                 continue;
             }
-            busy[entry] = true;
             let slot = Slot {
-                entry,
-                scheduled_ms: slot_ms,
+                entry: item.index,
+                scheduled_ms: item.due_ms,
             };
+            let state = slab[item.index].as_mut().expect("a live entry");
             if running.len() < concurrency {
-                running.push(start(slot));
+                state.phase = Phase::Running;
+                running.push(start(slot, &state.item));
                 stats.started += 1;
             } else {
+                state.phase = Phase::Queued;
                 waiting.push_back(slot);
             }
         }
         missed.report_if_due();
     }
     missed.report();
-    while running.next().await.is_some() {}
+    while let Some((entry, _)) = running.next().await {
+        table.finished(entry);
+    }
     stats
+}
+
+/// The next command, or never when there is no channel (a fixed list).
+async fn recv<T>(commands: &mut Option<mpsc::UnboundedReceiver<Command<T>>>) -> Option<Command<T>> {
+    match commands {
+        Some(commands) => commands.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where an entry's check is: none, waiting for a permit, or running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Queued,
+    Running,
+}
+
+/// A scheduled entry.
+struct State<T> {
+    name: Arc<str>,
+    entry: Entry,
+    item: T,
+    /// Heap items made for another generation are stale.
+    generation: u64,
+    phase: Phase,
+    /// Removed, but its check still runs: kept (and its name reserved) until it ends, so a
+    /// target removed and added again never has two checks at once.
+    removed: bool,
+    /// Answered when its check ends, for a [`Command::Remove`] that came while it ran.
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+/// A slot in the heap: when, for which entry, made for which of its generations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct HeapItem {
+    due_ms: u64,
+    index: usize,
+    generation: u64,
+}
+
+/// The entries, by index and by name, and their slots.
+struct Table<T> {
+    slab: Vec<Option<State<T>>>,
+    free: Vec<usize>,
+    by_name: HashMap<Arc<str>, usize>,
+    heap: BinaryHeap<Reverse<HeapItem>>,
+    waiting: VecDeque<Slot>,
+    /// Never reused, so that no stale heap item can match a new entry in a reused index.
+    generations: u64,
+}
+
+impl<T> Table<T> {
+    fn new() -> Self {
+        Self {
+            slab: Vec::new(),
+            free: Vec::new(),
+            by_name: HashMap::new(),
+            heap: BinaryHeap::new(),
+            waiting: VecDeque::new(),
+            generations: 0,
+        }
+    }
+
+    fn name(&self, index: usize) -> &str {
+        self.slab
+            .get(index)
+            .and_then(Option::as_ref)
+            .map_or("?", |s| &s.name)
+    }
+
+    fn schedule(&mut self, index: usize, first_ms: u64) {
+        self.generations += 1;
+        let generation = self.generations;
+        if let Some(Some(state)) = self.slab.get_mut(index) {
+            state.generation = generation;
+            self.heap.push(Reverse(HeapItem {
+                due_ms: first_ms,
+                index,
+                generation,
+            }));
+        }
+    }
+
+    fn apply(&mut self, command: Command<T>, now_ms: u64) {
+        match command {
+            Command::Upsert {
+                name,
+                entry,
+                first_ms,
+                item,
+            } => {
+                let first =
+                    first_ms.unwrap_or_else(|| next_slot(now_ms, entry.interval, entry.offset));
+                if let Some(&index) = self.by_name.get(&name) {
+                    let state = self.slab[index].as_mut().expect("named entries exist");
+                    let moved = state.removed
+                        || state.entry.interval != entry.interval
+                        || state.entry.offset != entry.offset;
+                    state.entry = entry;
+                    state.item = item;
+                    state.removed = false;
+                    if moved {
+                        self.schedule(index, first);
+                    }
+                    return;
+                }
+                let state = State {
+                    name: Arc::clone(&name),
+                    entry,
+                    item,
+                    generation: 0,
+                    phase: Phase::Idle,
+                    removed: false,
+                    waiters: Vec::new(),
+                };
+                let index = match self.free.pop() {
+                    Some(index) => {
+                        self.slab[index] = Some(state);
+                        index
+                    }
+                    None => {
+                        self.slab.push(Some(state));
+                        self.slab.len() - 1
+                    }
+                };
+                self.by_name.insert(name, index);
+                self.schedule(index, first);
+            }
+            Command::Remove { name, done } => {
+                let Some(&index) = self.by_name.get(&name) else {
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                    return;
+                };
+                let state = self.slab[index].as_mut().expect("named entries exist");
+                match state.phase {
+                    Phase::Running => {
+                        state.removed = true;
+                        state.waiters.extend(done);
+                    }
+                    Phase::Queued => {
+                        self.waiting.retain(|slot| slot.entry != index);
+                        self.release(index);
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
+                    }
+                    Phase::Idle => {
+                        self.release(index);
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A check of entry `index` has ended.
+    fn finished(&mut self, index: usize) {
+        let Some(Some(state)) = self.slab.get_mut(index) else {
+            return;
+        };
+        state.phase = Phase::Idle;
+        for waiter in state.waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+        if state.removed {
+            self.release(index);
+        }
+    }
+
+    fn release(&mut self, index: usize) {
+        if let Some(state) = self.slab[index].take() {
+            self.by_name.remove(&state.name);
+            self.free.push(index);
+        }
+    }
+}
+
+/// The entry a heap item was made for, if it is still scheduled as it was.
+fn live<T>(slab: &[Option<State<T>>], item: HeapItem) -> Option<&State<T>> {
+    slab.get(item.index)?
+        .as_ref()
+        .filter(|s| s.generation == item.generation && !s.removed)
 }
 
 /// Counts missed slots and reports them at most every [`MISSED_REPORT_EVERY`], naming a few
 /// of the targets.
 struct MissedReport<'a> {
-    names: &'a [String],
     logger: &'a slog::Logger,
     slots: u64,
-    /// Entries with a miss since the last report, and a flag per entry to count each once.
-    targets: Vec<usize>,
-    listed: Vec<bool>,
+    /// Entries with a miss since the last report, each counted once.
+    targets: HashSet<Arc<str>>,
     last: Option<Instant>,
 }
 
 impl<'a> MissedReport<'a> {
-    fn new(names: &'a [String], logger: &'a slog::Logger) -> Self {
+    fn new(logger: &'a slog::Logger) -> Self {
         Self {
-            names,
             logger,
             slots: 0,
-            targets: Vec::new(),
-            listed: vec![false; names.len()],
+            targets: HashSet::new(),
             last: None,
         }
     }
 
-    fn add(&mut self, entry: usize) {
+    fn add(&mut self, name: &Arc<str>) {
         self.slots += 1;
-        if let Some(listed) = self.listed.get_mut(entry) {
-            if !*listed {
-                *listed = true;
-                self.targets.push(entry);
-            }
+        if !self.targets.contains(name) {
+            self.targets.insert(Arc::clone(name));
         }
     }
 
@@ -313,12 +602,9 @@ impl<'a> MissedReport<'a> {
         if self.slots == 0 {
             return;
         }
-        let mut examples: Vec<&str> = self
-            .targets
-            .iter()
-            .take(MISSED_REPORT_NAMES)
-            .map(|&i| self.names[i].as_str())
-            .collect();
+        let mut examples: Vec<&str> = self.targets.iter().map(|n| &**n).collect();
+        examples.sort_unstable();
+        examples.truncate(MISSED_REPORT_NAMES);
         if self.targets.len() > MISSED_REPORT_NAMES {
             examples.push("…");
         }
@@ -326,9 +612,6 @@ impl<'a> MissedReport<'a> {
               "skipped_slots" => self.slots,
               "targets" => self.targets.len(),
               "examples" => examples.join(", "));
-        for &entry in &self.targets {
-            self.listed[entry] = false;
-        }
         self.slots = 0;
         self.targets.clear();
         self.last = Some(Instant::now());

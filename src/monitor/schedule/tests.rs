@@ -390,3 +390,165 @@ async fn missed_slots_are_reported_in_summaries_not_one_line_each() {
         assert_eq!(record["examples"], "t0, t1, t2, t3, t4, …");
     }
 }
+
+/// A schedule changed at run time: what each check saw, as (name, item, slot − t0 in s).
+type Seen = Arc<Mutex<Vec<(String, u32, u64)>>>;
+
+fn upsert(name: &str, interval_s: u64, offset_s: u64, item: u32) -> Command<u32> {
+    Command::Upsert {
+        name: Arc::from(name),
+        entry: Entry {
+            interval: Duration::from_secs(interval_s),
+            offset: Duration::from_secs(offset_s),
+        },
+        first_ms: None,
+        item,
+    }
+}
+
+/// Runs a dynamic schedule for `seconds` whose checks take `check_s` each, recording them.
+fn dynamic(
+    initial: Vec<Command<u32>>,
+    commands: mpsc::UnboundedReceiver<Command<u32>>,
+    seconds: u64,
+    check_s: u64,
+) -> (Seen, tokio::task::JoinHandle<Stats>) {
+    let clock = test_clock();
+    let seen: Seen = Arc::default();
+    let record = Arc::clone(&seen);
+    let handle = tokio::spawn(async move {
+        let logger = logger();
+        let names: [String; 0] = [];
+        run_dynamic(
+            initial,
+            Some(commands),
+            clock,
+            10,
+            stop_after(Duration::from_secs(seconds)),
+            MissedSlots {
+                names: &names,
+                logger: &logger,
+                counter: None,
+            },
+            move |slot, item: &u32| {
+                let record = Arc::clone(&record);
+                let item = *item;
+                async move {
+                    record.lock().unwrap().push((
+                        format!("#{}", slot.entry),
+                        item,
+                        (slot.scheduled_ms - 1_000_000_000) / 1000,
+                    ));
+                    tokio::time::sleep(Duration::from_secs(check_s)).await;
+                }
+            },
+        )
+        .await
+    });
+    (seen, handle)
+}
+
+#[tokio::test(start_paused = true)]
+async fn entries_added_changed_and_removed_at_run_time() {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (seen, handle) = dynamic(vec![upsert("a", 10, 1, 1)], rx, 60, 1);
+    // At 15 s: b is added (slots at 10k+3 s from the next one, 23 s) and a's settings change
+    // without moving its slots (same interval and offset): its next checks see item 2.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    tx.send(upsert("b", 10, 3, 7)).unwrap();
+    tx.send(upsert("a", 10, 1, 2)).unwrap();
+    // At 35 s: a moves to a 20 s interval with offset 5 (next slot 45 s); b is removed.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    tx.send(upsert("a", 20, 5, 3)).unwrap();
+    let (done, removed) = oneshot::channel();
+    tx.send(Command::Remove {
+        name: Arc::from("b"),
+        done: Some(done),
+    })
+    .unwrap();
+    removed
+        .await
+        .expect("an idle entry's removal is answered at once");
+    let stats = handle.await.unwrap();
+    let seen = seen.lock().unwrap();
+    let of = |item: u32| -> Vec<u64> { seen.iter().filter(|s| s.1 == item).map(|s| s.2).collect() };
+    assert_eq!(of(1), [1, 11], "{seen:?}");
+    assert_eq!(of(2), [21, 31], "{seen:?}");
+    assert_eq!(of(3), [45], "{seen:?}");
+    assert_eq!(of(7), [23, 33], "{seen:?}");
+    // a's new slots come from a new heap item; the old one's are dropped, not checked.
+    assert_eq!(
+        stats,
+        Stats {
+            started: 7,
+            missed: 0
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removal_is_answered_once_the_running_check_ends() {
+    let (tx, rx) = mpsc::unbounded_channel();
+    // The check at 1 s takes 5 s.
+    let (seen, handle) = dynamic(vec![upsert("a", 10, 1, 1)], rx, 30, 5);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (done, removed) = oneshot::channel();
+    tx.send(Command::Remove {
+        name: Arc::from("a"),
+        done: Some(done),
+    })
+    .unwrap();
+    let asked = Instant::now();
+    removed.await.unwrap();
+    assert_eq!(
+        asked.elapsed(),
+        Duration::from_secs(4),
+        "answered when the check ends at 6 s"
+    );
+    // Added again at once: a new entry, from its next slot.
+    tx.send(upsert("a", 10, 1, 2)).unwrap();
+    let stats = handle.await.unwrap();
+    let seen = seen.lock().unwrap();
+    let slots: Vec<(u32, u64)> = seen.iter().map(|s| (s.1, s.2)).collect();
+    assert_eq!(slots, [(1, 1), (2, 11), (2, 21)]);
+    assert_eq!(stats.missed, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_slot_in_the_past_is_due_at_once() {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (seen, handle) = dynamic(Vec::new(), rx, 30, 1);
+    tokio::time::sleep(Duration::from_millis(12_500)).await;
+    // Handed over with its last published slot at 1 s: the next one, 11 s, is checked late,
+    // then 21 s on time.
+    tx.send(Command::Upsert {
+        name: Arc::from("a"),
+        entry: Entry {
+            interval: Duration::from_secs(10),
+            offset: Duration::from_secs(1),
+        },
+        first_ms: Some(1_000_011_000),
+        item: 1,
+    })
+    .unwrap();
+    drop(tx);
+    let stats = handle.await.unwrap();
+    let slots: Vec<u64> = seen.lock().unwrap().iter().map(|s| s.2).collect();
+    assert_eq!(slots, [11, 21]);
+    assert_eq!(
+        stats,
+        Stats {
+            started: 2,
+            missed: 0
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_schedule_with_nothing_left_and_no_commands_ends() {
+    let (tx, rx) = mpsc::unbounded_channel::<Command<u32>>();
+    let (_, handle) = dynamic(Vec::new(), rx, 3_600, 1);
+    drop(tx);
+    let stats = handle.await.unwrap();
+    assert_eq!(stats, Stats::default());
+}
