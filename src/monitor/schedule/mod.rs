@@ -12,7 +12,9 @@
 //!
 //! Entries can be added, changed and removed while the schedule runs ([`run_dynamic`]): a
 //! checker of a fleet gains and loses targets as its group rebalances, and the targets topic
-//! changes them.
+//! changes them. An entry handed over from another checker can start in the past: the slots
+//! it is owed (up to the moment it arrives) are checked late, one after another, instead of
+//! being skipped, so that a hand-over loses no slot.
 
 use std::cmp::Reverse;
 use std::collections::binary_heap::PeekMut;
@@ -149,8 +151,9 @@ pub struct Stats {
 /// A change to a running schedule ([`run_dynamic`]), by entry name.
 #[derive(Debug)]
 pub enum Command<T> {
-    /// Schedules `name`, or replaces what it had. A new entry's first slot is `first_ms`
-    /// (which may be a little in the past: it is then due at once), or the next slot from now.
+    /// Schedules `name`, or replaces what it had. A new entry's first slot is `first_ms`, or
+    /// the next slot from now. A first slot in the past is due at once, and every slot from it
+    /// up to now is owed: each is checked, late, once the check before it ends.
     /// An entry that is replaced keeps its place in time unless its interval or offset
     /// changed; a check of it in flight runs to its end with the old item.
     Upsert {
@@ -340,6 +343,13 @@ where
                 PeekMut::pop(top);
                 continue;
             };
+            if state.phase != Phase::Idle && item.due_ms <= state.owed_through_ms {
+                // An owed slot waits for the check before it, out of the heap; the check's end
+                // puts it back (see `Table::finished`).
+                PeekMut::pop(top);
+                slab[item.index].as_mut().expect("a live entry").deferred = Some(item);
+                continue;
+            }
             // Reschedule in place: one sift instead of a pop and a push.
             let interval_ms = state.entry.interval.as_millis().max(1) as u64;
             *top = Reverse(HeapItem {
@@ -407,6 +417,11 @@ struct State<T> {
     removed: bool,
     /// Answered when its check ends, for a [`Command::Remove`] that came while it ran.
     waiters: Vec<oneshot::Sender<()>>,
+    /// Slots due at or before this time (ms) are owed (it was handed over with them): one that
+    /// comes while a check runs waits for it instead of being skipped.
+    owed_through_ms: u64,
+    /// An owed slot waiting for the running check.
+    deferred: Option<HeapItem>,
 }
 
 /// A slot in the heap: when, for which entry, made for which of its generations.
@@ -447,11 +462,13 @@ impl<T> Table<T> {
             .map_or("?", |s| &s.name)
     }
 
-    fn schedule(&mut self, index: usize, first_ms: u64) {
+    fn schedule(&mut self, index: usize, first_ms: u64, now_ms: u64) {
         self.generations += 1;
         let generation = self.generations;
         if let Some(Some(state)) = self.slab.get_mut(index) {
             state.generation = generation;
+            state.owed_through_ms = if first_ms < now_ms { now_ms } else { 0 };
+            state.deferred = None;
             self.heap.push(Reverse(HeapItem {
                 due_ms: first_ms,
                 index,
@@ -479,7 +496,7 @@ impl<T> Table<T> {
                     state.item = item;
                     state.removed = false;
                     if moved {
-                        self.schedule(index, first);
+                        self.schedule(index, first, now_ms);
                     }
                     return;
                 }
@@ -491,6 +508,8 @@ impl<T> Table<T> {
                     phase: Phase::Idle,
                     removed: false,
                     waiters: Vec::new(),
+                    owed_through_ms: 0,
+                    deferred: None,
                 };
                 let index = match self.free.pop() {
                     Some(index) => {
@@ -503,7 +522,7 @@ impl<T> Table<T> {
                     }
                 };
                 self.by_name.insert(name, index);
-                self.schedule(index, first);
+                self.schedule(index, first, now_ms);
             }
             Command::Remove { name, done } => {
                 let Some(&index) = self.by_name.get(&name) else {
@@ -547,6 +566,9 @@ impl<T> Table<T> {
         }
         if state.removed {
             self.release(index);
+        } else if let Some(item) = state.deferred.take() {
+            // Due already: the schedule takes it in this same turn.
+            self.heap.push(Reverse(item));
         }
     }
 

@@ -552,3 +552,34 @@ async fn a_schedule_with_nothing_left_and_no_commands_ends() {
     let stats = handle.await.unwrap();
     assert_eq!(stats, Stats::default());
 }
+
+#[tokio::test(start_paused = true)]
+async fn owed_slots_are_checked_one_after_another_then_the_schedule_goes_on() {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (seen, handle) = dynamic(Vec::new(), rx, 30, 1);
+    tokio::time::sleep(Duration::from_millis(12_500)).await;
+    // Handed over at 12.5 s, the last published slot 3 s: 5, 7, 9 and 11 s are owed and run
+    // back to back (each check takes 1 s), never two at once. The catch-up ends at 16.5 s, so
+    // 13 and 15 s, which were not owed, are missed as any slot is while a check runs.
+    tx.send(Command::Upsert {
+        name: Arc::from("a"),
+        entry: Entry {
+            interval: Duration::from_secs(2),
+            offset: Duration::from_secs(1),
+        },
+        first_ms: Some(1_000_005_000),
+        item: 1,
+    })
+    .unwrap();
+    drop(tx);
+    let stats = handle.await.unwrap();
+    let slots: Vec<u64> = seen.lock().unwrap().iter().map(|s| s.2).collect();
+    assert_eq!(slots, [5, 7, 9, 11, 17, 19, 21, 23, 25, 27, 29]);
+    assert_eq!(
+        stats,
+        Stats {
+            started: 11,
+            missed: 2
+        }
+    );
+}
