@@ -13,8 +13,8 @@
 //! Entries can be added, changed and removed while the schedule runs ([`run_dynamic`]): a
 //! checker of a fleet gains and loses targets as its group rebalances, and the targets topic
 //! changes them. An entry handed over from another checker can start in the past: the slots
-//! it is owed (up to the moment it arrives) are checked late, one after another, instead of
-//! being skipped, so that a hand-over loses no slot.
+//! it is owed (up to the moment it arrives), and the first one after them, are checked late,
+//! one after another, instead of being skipped, so that a hand-over loses no slot.
 
 use std::cmp::Reverse;
 use std::collections::binary_heap::PeekMut;
@@ -343,9 +343,12 @@ where
                 PeekMut::pop(top);
                 continue;
             };
-            if state.phase != Phase::Idle && item.due_ms <= state.owed_through_ms {
-                // An owed slot waits for the check before it, out of the heap; the check's end
-                // puts it back (see `Table::finished`).
+            if state.phase != Phase::Idle
+                && (item.due_ms <= state.owed_through_ms || state.taken_owed)
+            {
+                // An owed slot waits for the check before it, out of the heap, and so does the
+                // first slot after them, which a catch-up must not cost; the check's end puts
+                // it back (see `Table::finished`).
                 PeekMut::pop(top);
                 slab[item.index].as_mut().expect("a live entry").deferred = Some(item);
                 continue;
@@ -370,6 +373,7 @@ where
                 scheduled_ms: item.due_ms,
             };
             let state = slab[item.index].as_mut().expect("a live entry");
+            state.taken_owed = item.due_ms <= state.owed_through_ms;
             if running.len() < concurrency {
                 state.phase = Phase::Running;
                 running.push(start(slot, &state.item));
@@ -420,7 +424,9 @@ struct State<T> {
     /// Slots due at or before this time (ms) are owed (it was handed over with them): one that
     /// comes while a check runs waits for it instead of being skipped.
     owed_through_ms: u64,
-    /// An owed slot waiting for the running check.
+    /// Whether the slot in flight (or waiting for a permit) is an owed one.
+    taken_owed: bool,
+    /// An owed slot, or the one after them, waiting for the running check.
     deferred: Option<HeapItem>,
 }
 
@@ -509,6 +515,7 @@ impl<T> Table<T> {
                     removed: false,
                     waiters: Vec::new(),
                     owed_through_ms: 0,
+                    taken_owed: false,
                     deferred: None,
                 };
                 let index = match self.free.pop() {
