@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod database;
+pub mod fleet;
 pub mod history;
 pub mod ip_guard;
 pub mod kafka;

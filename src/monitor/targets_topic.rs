@@ -51,23 +51,47 @@ impl fmt::Display for TopicError {
 impl std::error::Error for TopicError {}
 
 impl TopicAccess {
-    fn error(&self, what: &str, e: impl fmt::Display) -> TopicError {
+    /// An error of this topic: `what` failed because of `e` (redacted).
+    pub fn error(&self, what: &str, e: impl fmt::Display) -> TopicError {
         TopicError(format!(
-            "targets topic `{}`: {what}: {}",
+            "topic `{}`: {what}: {}",
             self.topic,
             redact(&e.to_string(), &self.options)
         ))
     }
 
-    fn config(&self, defaults: &[(&str, &str)]) -> Result<rdkafka::ClientConfig, TopicError> {
-        client_config(&self.brokers, &self.options, defaults).map_err(|errors| {
-            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            TopicError(format!(
-                "targets topic `{}`: {}",
-                self.topic,
-                text.join("; ")
-            ))
-        })
+    /// An error of this topic, from messages that hold no secret.
+    pub fn fail(&self, messages: impl IntoIterator<Item = String>) -> TopicError {
+        let text: Vec<String> = messages.into_iter().collect();
+        TopicError(format!("topic `{}`: {}", self.topic, text.join("; ")))
+    }
+
+    /// Client settings for this topic's brokers and options, over `defaults`.
+    pub fn client(&self, defaults: &[(&str, &str)]) -> Result<rdkafka::ClientConfig, TopicError> {
+        client_config(&self.brokers, &self.options, defaults)
+            .map_err(|errors| self.fail(errors.iter().map(ToString::to_string)))
+    }
+
+    /// The topic's partitions; when it does not exist, an error naming it as `role` (such as
+    /// "targets topic") and saying `how` to create it.
+    pub fn partitions<C: rdkafka::consumer::ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        role: &str,
+        how: &str,
+    ) -> Result<Vec<i32>, TopicError> {
+        let metadata = consumer
+            .fetch_metadata(Some(&self.topic), self.timeout)
+            .map_err(|e| self.error("cannot read the topic's metadata", e))?;
+        match metadata.topics().first() {
+            Some(topic) if topic.error().is_none() && !topic.partitions().is_empty() => {
+                Ok(topic.partitions().iter().map(|p| p.id()).collect())
+            }
+            _ => Err(TopicError(format!(
+                "{role} `{}` does not exist: {how}",
+                self.topic
+            ))),
+        }
     }
 
     /// Reads the whole topic, every partition from its start to the end it had when the read
@@ -75,27 +99,17 @@ impl TopicAccess {
     /// is not JSON, is an error naming its partition and offset: nothing half-read is returned.
     pub fn read(&self) -> Result<Current, TopicError> {
         let consumer: BaseConsumer = self
-            .config(&[
+            .client(&[
                 ("enable.auto.commit", "false"),
                 ("group.id", "pipe-targets-cli"),
             ])?
             .create()
             .map_err(|e| self.error("cannot create a consumer", e))?;
-        let metadata = consumer
-            .fetch_metadata(Some(&self.topic), self.timeout)
-            .map_err(|e| self.error("cannot read the topic's metadata", e))?;
-        let partitions: Vec<i32> = match metadata.topics().first() {
-            Some(topic) if topic.error().is_none() => {
-                topic.partitions().iter().map(|p| p.id()).collect()
-            }
-            _ => {
-                return Err(TopicError(format!(
-                    "targets topic `{}` does not exist: create it compacted \
-                     (cleanup.policy=compact), as docs/fleet.md shows",
-                    self.topic
-                )))
-            }
-        };
+        let partitions = self.partitions(
+            &consumer,
+            "targets topic",
+            "create it compacted (cleanup.policy=compact), as docs/fleet.md shows",
+        )?;
         // Where each partition ends now: records published after the read began are not waited for.
         let mut ends = BTreeMap::new();
         let mut assignment = TopicPartitionList::new();
@@ -170,7 +184,7 @@ impl TopicAccess {
     /// (tombstones), and waits until the broker has every one.
     pub fn publish(&self, plan: &Plan) -> Result<usize, TopicError> {
         let producer: ThreadedProducer<DefaultProducerContext> = self
-            .config(&[("enable.idempotence", "true"), ("acks", "all")])?
+            .client(&[("enable.idempotence", "true"), ("acks", "all")])?
             .create()
             .map_err(|e| self.error("cannot create a producer", e))?;
         let mut sent = 0;
