@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::duration;
+use crate::monitor::fleet::GroupProtocol;
+use crate::monitor::kafka::Options;
 use crate::monitor::libcurl::IpVersion;
 
 /// Redirects followed at most when `follow_redirects` is on.
@@ -169,6 +171,67 @@ pub struct TargetConfig {
     pub deny_private_addresses: Option<bool>,
 }
 
+pub(super) fn default_targets_topic() -> String {
+    "targets".to_owned()
+}
+pub(super) fn default_handover_lookback() -> Duration {
+    Duration::from_secs(60)
+}
+pub(super) fn default_handover_catch_up() -> Duration {
+    Duration::from_secs(10)
+}
+pub(super) fn default_topic_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `targets_topic:`: targets read from a compacted Kafka topic and shared by the checkers of
+/// a fleet (docs/fleet.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetsTopicConfig {
+    /// `host:port[,host:port…]`.
+    pub brokers: String,
+    /// The targets topic, compacted, keyed by target name. Default `targets`.
+    #[serde(default = "default_targets_topic")]
+    pub topic: String,
+    /// The fleet this checker belongs to: the consumer group whose members share the
+    /// targets. Each region runs a fleet of its own over all targets.
+    pub fleet: String,
+    /// A stable name for this checker (`group.instance.id`, static membership): restarted
+    /// within the session timeout, it gets its targets back without a rebalance. Default:
+    /// none (a restart is a leave and a join).
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// `classic` (the default: the classic protocol with the cooperative-sticky assignor) or
+    /// `consumer` (KIP-848, Kafka 4's broker-driven protocol).
+    #[serde(default)]
+    pub group_protocol: GroupProtocol,
+    /// The topic this checker's results are published to: read on a hand-over to go on from
+    /// each gained target's last published slot. Default: none, and a gained target starts at
+    /// its next slot (a slot may then be checked twice, or missed).
+    #[serde(default)]
+    pub results_topic: Option<String>,
+    /// How far back, at most, the results topic is read on a hand-over: the read goes back the
+    /// catch-up bound plus the longest interval of the targets gained, which finds every last
+    /// slot that decides where a target goes on from, and no further than this. Default `1m`.
+    #[serde(default = "default_handover_lookback", with = "duration")]
+    pub handover_lookback: Duration,
+    /// How late a gained target's owed slots may be checked: the slots after its last
+    /// published one, up to this far in the past, are checked at once, one after another;
+    /// older ones are lost (counted in `pipe_probe_handover_gap_slots_total`). At most
+    /// `handover_lookback`; `0s` checks none late. Default `10s`, which covers a graceful
+    /// hand-over; a dead checker's slots are older by its session timeout.
+    #[serde(default = "default_handover_catch_up", with = "duration")]
+    pub handover_catch_up: Duration,
+    /// librdkafka settings for both topics (security.protocol, ssl.*, sasl.*,
+    /// session.timeout.ms…), as in the `kafka` stages' `options`.
+    #[serde(default)]
+    pub options: Options,
+    /// Time limit of a metadata request or a hand-over read. Default `30s`.
+    #[serde(default = "default_topic_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
 /// The settings of the `http_probe` source.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,6 +242,10 @@ pub struct HttpProbeConfig {
     /// A YAML file holding a list of targets (same fields), relative to the pipeline file.
     #[serde(default)]
     pub targets_file: Option<String>,
+    /// Targets from a Kafka topic, shared with the other checkers of a fleet and changed at
+    /// run time, instead of or beside `targets` and `targets_file`.
+    #[serde(default)]
+    pub targets_topic: Option<TargetsTopicConfig>,
     /// Default time between two checks of a target. Default `30s`.
     #[serde(default = "default_interval", with = "duration")]
     pub interval: Duration,

@@ -47,6 +47,12 @@ pub(super) struct ProbeMetrics {
     lateness: Histogram,
     pub(super) missed_slots: Counter,
     pub(super) in_flight: Gauge,
+    /// Targets this checker schedules now (its share of a fleet's, with `targets_topic`).
+    pub(super) targets: Gauge,
+    /// Slots of targets taken over from a fleet member that no one checked.
+    pub(super) handover_gap_slots: Counter,
+    /// Records of the targets topic skipped as invalid.
+    pub(super) target_errors: Counter,
     per_target: Option<(GaugeFamily, FloatGaugeFamily, GaugeFamily, FloatGaugeFamily)>,
 }
 
@@ -139,6 +145,24 @@ impl ProbeMetrics {
                 .clone(),
             in_flight: telemetry
                 .gauges("pipe_probe_checks_in_flight", "Checks running now.")
+                .get_or_create(&labels)
+                .clone(),
+            targets: telemetry
+                .gauges("pipe_probe_targets", "Targets this checker schedules now.")
+                .get_or_create(&labels)
+                .clone(),
+            handover_gap_slots: telemetry
+                .counters(
+                    "pipe_probe_handover_gap_slots",
+                    "Slots of targets taken over from another fleet member that neither checked.",
+                )
+                .get_or_create(&labels)
+                .clone(),
+            target_errors: telemetry
+                .counters(
+                    "pipe_probe_target_errors",
+                    "Records of the targets topic skipped because they are not valid targets.",
+                )
                 .get_or_create(&labels)
                 .clone(),
             per_target,

@@ -12,6 +12,7 @@
 //! slots follow getsentry/uptime-checker; the code is ours.
 
 mod config;
+mod fleet;
 mod metrics;
 mod probe;
 mod target;
@@ -92,7 +93,7 @@ mod tests {
             messages("interval: 5s\n"),
             [(
                 None,
-                "no targets: list them under `targets:` or in a `targets_file`".to_owned()
+                "no targets: list them under `targets:`, in a `targets_file` or in a `targets_topic`".to_owned()
             )]
         );
     }

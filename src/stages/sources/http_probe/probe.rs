@@ -15,16 +15,31 @@ use crate::event::Event;
 use crate::monitor::check::{
     self, CheckError, CheckResult, ErrorKind, Timings, TlsInfo, SCHEMA_VERSION,
 };
+use crate::monitor::fleet::Membership;
 use crate::monitor::libcurl::{self, Agent, Outcome, Times};
-use crate::monitor::schedule::{self, Clock, Entry};
+use crate::monitor::schedule::{self, Clock, Command, Entry};
+use crate::registry::BuildContext;
 use crate::stage::{BoxError, Source, SourceContext};
+use tokio::sync::mpsc;
 
 use super::config::*;
+use super::fleet::{delivery_channel, Deliveries, Handover, TargetCommand, TargetsOwner};
 use super::metrics::ProbeMetrics;
 use super::target::Target;
 
+/// What a fleet member needs at run time (`targets_topic`).
+pub(super) struct FleetSetup {
+    pub(super) membership: Membership,
+    pub(super) handover: Option<Handover>,
+    /// The stage's settings and build context, to resolve the topic's targets as the file's.
+    pub(super) stage: Arc<HttpProbeConfig>,
+    pub(super) default_status: Option<StatusSet>,
+    pub(super) cx: BuildContext,
+}
+
 pub(super) struct HttpProbe {
     pub(super) targets: Vec<Target>,
+    pub(super) fleet: Option<FleetSetup>,
     pub(super) region: Option<String>,
     pub(super) checker: String,
     pub(super) metrics: Arc<ProbeMetrics>,
@@ -41,6 +56,7 @@ impl Source for HttpProbe {
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), BoxError> {
         let HttpProbe {
             targets,
+            fleet,
             agents,
             region,
             checker,
@@ -50,40 +66,100 @@ impl Source for HttpProbe {
             max_body_bytes,
             keep_bodies,
         } = *self;
-        let entries: Vec<Entry> = targets
-            .iter()
-            .map(|t| Entry {
-                interval: t.interval,
-                offset: schedule::offset(&t.name, t.interval),
+        let clock = Clock::new();
+        let metrics = Arc::new(metrics);
+        metrics.targets.set(targets.len() as i64);
+        let initial: Vec<TargetCommand> = targets
+            .into_iter()
+            .map(|t| Command::Upsert {
+                name: Arc::from(t.name.as_str()),
+                entry: Entry {
+                    interval: t.interval,
+                    offset: schedule::offset(&t.name, t.interval),
+                },
+                first_ms: None,
+                item: Arc::new(t),
             })
             .collect();
-        let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
-        let targets = Arc::new(targets);
+
+        // A fleet member: its targets come and go through commands from the membership
+        // thread, and its results are tracked until the sink has them, for hand-overs.
+        let stop = cx.shutdown.child_token();
+        let mut commands = None;
+        let mut member = None;
+        let mut tracker = None;
+        let deliveries = Arc::new(Deliveries::default());
+        if let Some(setup) = fleet {
+            let (tx, rx) = mpsc::unbounded_channel();
+            commands = Some(rx);
+            let (acks_tracker, acks) = delivery_channel();
+            tracker = Some(acks_tracker);
+            tokio::spawn(Arc::clone(&deliveries).follow(acks));
+            let owner = TargetsOwner {
+                fixed: initial
+                    .iter()
+                    .filter_map(|c| match c {
+                        Command::Upsert { name, .. } => Some(name.to_string()),
+                        Command::Remove { .. } => None,
+                    })
+                    .collect(),
+                stage: setup.stage,
+                default_status: setup.default_status,
+                cx: setup.cx,
+                topic: setup.membership.access.topic.clone(),
+                commands: tx,
+                deliveries: Arc::clone(&deliveries),
+                handover: setup.handover,
+                region: region.clone(),
+                clock,
+                metrics: Arc::clone(&metrics),
+                longest_timeout: Duration::ZERO,
+                held: Default::default(),
+            };
+            let membership = setup.membership;
+            let logger = cx.logger.clone();
+            let leave = stop.clone();
+            member = Some(
+                std::thread::Builder::new()
+                    .name(format!("{}-fleet", cx.id))
+                    .spawn(move || {
+                        let outcome = membership.run(owner, &logger, &leave);
+                        // Without its membership the checker would check nothing of the fleet's.
+                        leave.cancel();
+                        outcome
+                    })
+                    .map_err(|e| format!("cannot start the fleet's thread: {e}"))?,
+            );
+        }
+
         let agents = Arc::new(agents);
         let identity = Arc::new((region, checker));
-        let clock = Clock::new();
         let out = cx.out.clone();
         let logger = cx.logger.clone();
 
-        let stats = schedule::run(
-            &entries,
+        let stats = schedule::run_dynamic(
+            initial,
+            commands,
             clock,
             concurrency,
-            cx.shutdown.clone(),
+            stop.clone(),
             schedule::MissedSlots {
-                names: &names,
+                names: &[],
                 logger: &cx.logger,
                 counter: Some(&metrics.missed_slots),
             },
-            |slot| {
-                let targets = Arc::clone(&targets);
+            |slot, target: &Arc<Target>| {
+                let target = Arc::clone(target);
+                let ack = tracker.as_mut().map(|tracker| {
+                    deliveries.track(tracker, &Arc::from(target.name.as_str()), slot.scheduled_ms)
+                });
                 let agents = Arc::clone(&agents);
                 let identity = Arc::clone(&identity);
                 let metrics = Arc::clone(&metrics);
                 let mut out = out.clone();
                 let logger = logger.clone();
                 async move {
-                    let target = &targets[slot.entry];
+                    let target = &*target;
                     let scheduled_at = Clock::time_at(slot.scheduled_ms);
                     let started_at = clock.now();
                     let keep_body = keep_bodies || target.regex.is_some();
@@ -128,6 +204,9 @@ impl Source for HttpProbe {
                     if let Some(body) = body {
                         event = event.with_raw(body);
                     }
+                    if let Some(ack) = ack {
+                        event = event.with_ack(ack);
+                    }
                     if out.send(event).await.is_err() {
                         slog::debug!(logger, "result dropped: the pipeline is stopping";
                                      "target" => &target.name);
@@ -137,6 +216,18 @@ impl Source for HttpProbe {
         )
         .await;
         info!(cx.logger, "checks stopped"; "started" => stats.started, "missed_slots" => stats.missed);
+        // The member leaves its fleet once its last results are handed to the pipeline.
+        stop.cancel();
+        if let Some(member) = member {
+            let outcome = tokio::task::spawn_blocking(move || member.join())
+                .await
+                .map_err(|e| format!("the fleet's thread: {e}"))?;
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("the fleet's membership failed: {e}").into()),
+                Err(_) => return Err("the fleet's thread panicked".into()),
+            }
+        }
         Ok(())
     }
 }

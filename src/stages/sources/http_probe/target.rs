@@ -19,9 +19,13 @@ use crate::registry::{BuildContext, StageConfig};
 use crate::stage::Source;
 use crate::stages::transforms::regex_match::compile_pattern;
 
+use crate::monitor::fleet::Membership;
+use crate::monitor::targets_topic::TopicAccess;
+
 use super::config::*;
+use super::fleet::Handover;
 use super::metrics::{ProbeMetrics, TargetGauges};
-use super::probe::HttpProbe;
+use super::probe::{FleetSetup, HttpProbe};
 
 /// A target, validated and resolved against the stage's defaults.
 #[derive(Debug)]
@@ -117,11 +121,15 @@ impl StageConfig for HttpProbeConfig {
                 )),
             }
         }
-        if entries.is_empty() && errors.is_empty() {
+        if entries.is_empty() && errors.is_empty() && self.targets_topic.is_none() {
             errors.push(ConfigError::new(
-                "no targets: list them under `targets:` or in a `targets_file`",
+                "no targets: list them under `targets:`, in a `targets_file` or in a `targets_topic`",
             ));
         }
+        let fleet = self
+            .targets_topic
+            .as_ref()
+            .and_then(|topic| validate_targets_topic(topic, &mut errors));
 
         let mut names = HashSet::new();
         let mut targets = Vec::with_capacity(entries.len());
@@ -161,7 +169,12 @@ impl StageConfig for HttpProbeConfig {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let mut agents = Vec::with_capacity(cores);
         if errors.is_empty() {
-            for i in 0..cores.min(targets.len().max(1)) {
+            let wanted = if fleet.is_some() {
+                cores
+            } else {
+                cores.min(targets.len().max(1))
+            };
+            for i in 0..wanted {
                 match Agent::spawn(format!("{}-curl-{i}", cx.stage_id)) {
                     Ok(agent) => agents.push(agent),
                     Err(e) => {
@@ -183,8 +196,16 @@ impl StageConfig for HttpProbeConfig {
             target.gauges = metrics.target(&redact_url(&target.name));
         }
         slog::debug!(cx.logger, "targets loaded"; "targets" => targets.len());
+        let fleet = fleet.map(|(membership, handover)| FleetSetup {
+            membership,
+            handover,
+            stage: Arc::new(self.clone()),
+            default_status: defaults.clone(),
+            cx: cx.clone(),
+        });
         Ok(Box::new(HttpProbe {
             targets,
+            fleet,
             agents,
             region: self.region.clone(),
             checker: self.checker.clone().unwrap_or_else(host_name),
@@ -195,6 +216,74 @@ impl StageConfig for HttpProbeConfig {
             keep_bodies: self.keep_bodies,
         }))
     }
+}
+
+/// Checks `targets_topic` without connecting anywhere: the membership and, with a
+/// `results_topic`, where hand-overs look up the last published slots.
+fn validate_targets_topic(
+    topic: &TargetsTopicConfig,
+    errors: &mut Vec<ConfigError>,
+) -> Option<(Membership, Option<Handover>)> {
+    let before = errors.len();
+    let at = |field: &str| format!("targets_topic.{field}");
+    for (field, value) in [("topic", &topic.topic), ("fleet", &topic.fleet)] {
+        if value.trim().is_empty() {
+            errors.push(ConfigError::at(at(field), format!("`{field}` is empty")));
+        }
+    }
+    if let Some(Err(message)) = topic
+        .instance_id
+        .as_deref()
+        .map(|id| validate_identity("instance_id", id))
+    {
+        errors.push(ConfigError::at(at("instance_id"), message));
+    }
+    if topic.handover_lookback.is_zero() {
+        errors.push(ConfigError::at(
+            at("handover_lookback"),
+            "the hand-over lookback must be longer than 0",
+        ));
+    }
+    if topic.handover_catch_up > topic.handover_lookback {
+        errors.push(ConfigError::at(
+            at("handover_catch_up"),
+            "the hand-over catch-up cannot reach further back than `handover_lookback`",
+        ));
+    }
+    if topic.timeout.is_zero() {
+        errors.push(ConfigError::at(
+            at("timeout"),
+            "the timeout must be longer than 0",
+        ));
+    }
+    if let Err(found) = crate::monitor::kafka::client_config(&topic.brokers, &topic.options, &[]) {
+        errors.extend(found.into_iter().map(|e| ConfigError {
+            field: e.field.map(|f| at(&f)),
+            ..e
+        }));
+    }
+    if errors.len() > before {
+        return None;
+    }
+    let access = |name: &str| TopicAccess {
+        brokers: topic.brokers.clone(),
+        topic: name.to_owned(),
+        options: topic.options.clone(),
+        timeout: topic.timeout,
+    };
+    Some((
+        Membership {
+            access: access(&topic.topic),
+            fleet: topic.fleet.clone(),
+            instance_id: topic.instance_id.clone(),
+            protocol: topic.group_protocol,
+        },
+        topic.results_topic.as_deref().map(|results| Handover {
+            results: access(results),
+            lookback: topic.handover_lookback,
+            catch_up: topic.handover_catch_up,
+        }),
+    ))
 }
 
 /// Reads a targets file: YAML, with `${VAR}` interpolated in string values as in pipeline
