@@ -8,6 +8,7 @@
 mod support;
 
 mod deploy;
+mod fleet;
 mod graph;
 mod history;
 mod kafka_delivery;
