@@ -52,32 +52,41 @@ pub(super) struct TopicArgs {
     topic: String,
     /// A librdkafka setting, `key=value`, such as `security.protocol=SSL` or
     /// `ssl.ca.location=ca.pem`; repeat for more.
-    #[arg(long = "option", value_name = "KEY=VALUE", value_parser = parse_option)]
-    options: Vec<(String, String)>,
+    // Parsed by `access`, not by clap, whose errors repeat the value given (a password).
+    #[arg(long = "option", value_name = "KEY=VALUE")]
+    options: Vec<String>,
     /// How long reading or publishing may take.
     #[arg(long, default_value = "30s", value_parser = duration::parse)]
     timeout: Duration,
 }
 
-fn parse_option(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
-        .ok_or_else(|| "write KEY=VALUE".to_owned())
+/// One `--option`: `KEY=VALUE`. The error names the option by its place, never by its text,
+/// which may hold a secret.
+fn parse_option(place: usize, text: &str) -> Result<(String, OptionValue), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), OptionValue::Text(value.to_owned())))
+        }
+        _ => Err(format!(
+            "--option number {place} is not KEY=VALUE (it is not shown: it may hold a secret)"
+        )),
+    }
 }
 
 impl TopicArgs {
-    fn access(self) -> TopicAccess {
+    fn access(self) -> Result<TopicAccess, String> {
         let options: Options = self
             .options
-            .into_iter()
-            .map(|(k, v)| (k, OptionValue::Text(v)))
-            .collect();
-        TopicAccess {
+            .iter()
+            .enumerate()
+            .map(|(i, text)| parse_option(i + 1, text))
+            .collect::<Result<_, _>>()?;
+        Ok(TopicAccess {
             brokers: self.brokers,
             topic: self.topic,
             options,
             timeout: self.timeout,
-        }
+        })
     }
 }
 
@@ -88,8 +97,8 @@ pub(super) async fn targets(logger: &slog::Logger, command: TargetsCommand) -> E
             file,
             dry_run,
             topic,
-        } => apply(&file, dry_run, topic.access()),
-        TargetsCommand::List { topic } => list(topic.access()),
+        } => apply(&file, dry_run, topic.access()?),
+        TargetsCommand::List { topic } => list(topic.access()?),
     });
     match work.await {
         Ok(Ok(())) => ExitCode::SUCCESS,
@@ -183,6 +192,29 @@ fn load(file: &Path) -> Result<Current, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_option_is_named_by_its_place_and_never_shown() {
+        let args = TopicArgs {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "targets".into(),
+            options: vec![
+                "security.protocol=SSL".into(),
+                "sasl.password:hunter2".into(),
+            ],
+            timeout: Duration::from_secs(1),
+        };
+        let message = args.access().err().expect("refused");
+        assert!(message.contains("--option number 2"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        let args = TopicArgs {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "targets".into(),
+            options: vec!["=x".into()],
+            timeout: Duration::from_secs(1),
+        };
+        assert!(args.access().is_err(), "an empty key is refused");
+    }
 
     #[test]
     fn a_targets_file_is_checked_before_anything_is_published() {
