@@ -99,6 +99,33 @@ mod tests {
     }
 
     #[test]
+    fn targets_topic_settings_are_checked_where_they_are() {
+        // A fleet checker needs no other targets; its settings are checked up front.
+        assert!(build("targets_topic:\n  brokers: 127.0.0.1:9092\n  fleet: eu\n").is_ok());
+        let errors = messages(
+            "targets_topic:\n  brokers: 127.0.0.1:9092\n  fleet: ' '\n  results_topic: checks\n  handover_lookback: 5s\n  handover_catch_up: 10s\n  timeout: 0s\n",
+        );
+        assert_eq!(
+            errors,
+            [
+                (
+                    Some("targets_topic.fleet".to_owned()),
+                    "`fleet` is empty".to_owned()
+                ),
+                (
+                    Some("targets_topic.handover_catch_up".to_owned()),
+                    "the hand-over catch-up cannot reach further back than `handover_lookback`"
+                        .to_owned()
+                ),
+                (
+                    Some("targets_topic.timeout".to_owned()),
+                    "the timeout must be longer than 0".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn targets_file_is_read_relative_to_the_pipeline() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
