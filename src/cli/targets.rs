@@ -204,7 +204,9 @@ mod tests {
             ],
             timeout: Duration::from_secs(1),
         };
-        let message = args.access().err().expect("refused");
+        let Err(message) = args.access() else {
+            panic!("a malformed option is refused");
+        };
         assert!(message.contains("--option number 2"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
         let args = TopicArgs {

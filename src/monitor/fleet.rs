@@ -370,59 +370,26 @@ pub fn last_slots(
     let starts = consumer
         .offsets_for_times(wanted, results.timeout)
         .map_err(|e| results.error("cannot find the offsets of the hand-over window", e))?;
-    let mut ends = BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for element in starts.elements() {
-        let partition = element.partition();
-        let Offset::Offset(start) = element.offset() else {
-            continue; // nothing published since `since`
-        };
-        let (_, high) = consumer
-            .fetch_watermarks(&results.topic, partition, results.timeout)
-            .map_err(|e| {
-                results.error(&format!("partition {partition}: cannot read its end"), e)
-            })?;
-        if high > start {
-            ends.insert(partition, high);
-            assignment
-                .add_partition_offset(&results.topic, partition, Offset::Offset(start))
-                .map_err(|e| results.error("cannot assign", e))?;
-        }
-    }
+    // A partition with nothing published since `since` has no offset for it: nothing to read.
+    let starts = starts
+        .elements()
+        .into_iter()
+        .filter_map(|element| match element.offset() {
+            Offset::Offset(start) => Some((element.partition(), Some(start))),
+            _ => None,
+        });
     let mut found = LastSlots::default();
-    if ends.is_empty() {
-        return Ok(found);
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(|e| results.error("cannot assign its partitions", e))?;
-    let deadline = Instant::now() + results.timeout;
-    while !ends.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(results.fail([format!(
-                "the hand-over window was not read within {} s",
-                results.timeout.as_secs()
-            )]));
-        }
-        let Some(message) = consumer.poll(left.min(Duration::from_millis(200))) else {
-            continue;
-        };
-        let message = message.map_err(|e| results.error("cannot read", e))?;
-        let (partition, offset) = (message.partition(), message.offset());
-        if ends.get(&partition).is_some_and(|&end| offset + 1 >= end) {
-            ends.remove(&partition);
-        }
+    results.read_to_end(&consumer, starts, |message| {
         found.read += 1;
         let Some(published) = message
             .payload()
             .and_then(|bytes| serde_json::from_slice::<Published>(bytes).ok())
         else {
             found.unreadable += 1;
-            continue;
+            return Ok(());
         };
         if published.region.as_deref() != region || !names.contains(&published.target) {
-            continue;
+            return Ok(());
         }
         let slot = published
             .scheduled_at
@@ -431,6 +398,7 @@ pub fn last_slots(
             .as_millis() as u64;
         let last = found.slots.entry(published.target).or_insert(slot);
         *last = (*last).max(slot);
-    }
+        Ok(())
+    })?;
     Ok(found)
 }

@@ -110,43 +110,9 @@ impl TopicAccess {
             "targets topic",
             "create it compacted (cleanup.policy=compact), as docs/fleet.md shows",
         )?;
-        // Where each partition ends now: records published after the read began are not waited for.
-        let mut ends = BTreeMap::new();
-        let mut assignment = TopicPartitionList::new();
-        for &partition in &partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&self.topic, partition, self.timeout)
-                .map_err(|e| {
-                    self.error(&format!("partition {partition}: cannot read its end"), e)
-                })?;
-            if high > low {
-                ends.insert(partition, high);
-                assignment
-                    .add_partition_offset(&self.topic, partition, Offset::Offset(low))
-                    .map_err(|e| self.error("cannot assign", e))?;
-            }
-        }
         let mut current = Current::new();
-        if ends.is_empty() {
-            return Ok(current);
-        }
-        consumer
-            .assign(&assignment)
-            .map_err(|e| self.error("cannot assign its partitions", e))?;
-        let deadline = Instant::now() + self.timeout;
-        while !ends.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(TopicError(format!(
-                    "targets topic `{}`: not read to its end within {} s",
-                    self.topic,
-                    self.timeout.as_secs()
-                )));
-            }
-            let Some(message) = consumer.poll(left.min(Duration::from_millis(200))) else {
-                continue;
-            };
-            let message = message.map_err(|e| self.error("cannot read", e))?;
+        let starts = partitions.iter().map(|&partition| (partition, None));
+        self.read_to_end(&consumer, starts, |message| {
             let (partition, offset) = (message.partition(), message.offset());
             let at = format!("partition {partition} offset {offset}");
             let key = message
@@ -173,11 +139,63 @@ impl TopicAccess {
                     current.insert(key, value);
                 }
             }
+            Ok(())
+        })?;
+        Ok(current)
+    }
+
+    /// Reads each of `starts` (a partition, and the offset to read it from: `None` for its
+    /// start) up to where it ends now, handing every record to `record`: records published
+    /// after the read began are not waited for. `consumer` is not subscribed; it is assigned
+    /// here.
+    pub fn read_to_end<C: rdkafka::consumer::ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        starts: impl IntoIterator<Item = (i32, Option<i64>)>,
+        mut record: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), TopicError>,
+    ) -> Result<(), TopicError> {
+        let mut ends = BTreeMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for (partition, start) in starts {
+            let (low, high) = consumer
+                .fetch_watermarks(&self.topic, partition, self.timeout)
+                .map_err(|e| {
+                    self.error(&format!("partition {partition}: cannot read its end"), e)
+                })?;
+            let start = start.unwrap_or(low).max(low);
+            if high > start {
+                ends.insert(partition, high);
+                assignment
+                    .add_partition_offset(&self.topic, partition, Offset::Offset(start))
+                    .map_err(|e| self.error("cannot assign", e))?;
+            }
+        }
+        if ends.is_empty() {
+            return Ok(());
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|e| self.error("cannot assign its partitions", e))?;
+        let deadline = Instant::now() + self.timeout;
+        while !ends.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.fail([format!(
+                    "not read to its end within {} s",
+                    self.timeout.as_secs()
+                )]));
+            }
+            let Some(message) = consumer.poll(left.min(Duration::from_millis(200))) else {
+                continue;
+            };
+            let message = message.map_err(|e| self.error("cannot read", e))?;
+            let (partition, offset) = (message.partition(), message.offset());
+            record(&message)?;
             if ends.get(&partition).is_some_and(|&end| offset + 1 >= end) {
                 ends.remove(&partition);
             }
         }
-        Ok(current)
+        Ok(())
     }
 
     /// Publishes the plan's creations and updates (the settings as JSON) and its deletions
