@@ -395,13 +395,28 @@ async fn missed_slots_are_reported_in_summaries_not_one_line_each() {
 type Seen = Arc<Mutex<Vec<(String, u32, u64)>>>;
 
 fn upsert(name: &str, interval_s: u64, offset_s: u64, item: u32) -> Command<u32> {
+    upsert_from(name, interval_s, offset_s, item, None)
+}
+
+/// An entry handed over with `first_ms`, the slot after its last published one.
+fn handed_over(name: &str, interval_s: u64, offset_s: u64, first_ms: u64) -> Command<u32> {
+    upsert_from(name, interval_s, offset_s, 1, Some(first_ms))
+}
+
+fn upsert_from(
+    name: &str,
+    interval_s: u64,
+    offset_s: u64,
+    item: u32,
+    first_ms: Option<u64>,
+) -> Command<u32> {
     Command::Upsert {
         name: Arc::from(name),
         entry: Entry {
             interval: Duration::from_secs(interval_s),
             offset: Duration::from_secs(offset_s),
         },
-        first_ms: None,
+        first_ms,
         item,
     }
 }
@@ -521,16 +536,7 @@ async fn a_first_slot_in_the_past_is_due_at_once() {
     tokio::time::sleep(Duration::from_millis(12_500)).await;
     // Handed over with its last published slot at 1 s: the next one, 11 s, is checked late,
     // then 21 s on time.
-    tx.send(Command::Upsert {
-        name: Arc::from("a"),
-        entry: Entry {
-            interval: Duration::from_secs(10),
-            offset: Duration::from_secs(1),
-        },
-        first_ms: Some(1_000_011_000),
-        item: 1,
-    })
-    .unwrap();
+    tx.send(handed_over("a", 10, 1, 1_000_011_000)).unwrap();
     drop(tx);
     let stats = handle.await.unwrap();
     let slots: Vec<u64> = seen.lock().unwrap().iter().map(|s| s.2).collect();
@@ -562,16 +568,7 @@ async fn owed_slots_are_checked_one_after_another_then_the_schedule_goes_on() {
     // back to back (each check takes 1 s), never two at once, and 13 s, the first slot after
     // them, waits for them too. It ends at 17.5 s, so 15 and 17 s come while checks run and
     // are missed, as any slot is that comes while an on-time check runs.
-    tx.send(Command::Upsert {
-        name: Arc::from("a"),
-        entry: Entry {
-            interval: Duration::from_secs(2),
-            offset: Duration::from_secs(1),
-        },
-        first_ms: Some(1_000_005_000),
-        item: 1,
-    })
-    .unwrap();
+    tx.send(handed_over("a", 2, 1, 1_000_005_000)).unwrap();
     drop(tx);
     let stats = handle.await.unwrap();
     let slots: Vec<u64> = seen.lock().unwrap().iter().map(|s| s.2).collect();
