@@ -15,7 +15,7 @@ use pipe::topology::RunOptions;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use crate::support::{self, http, pipeline, unique_name};
+use crate::support::{self, http, pipeline, unique_name, writer};
 
 /// A result as read back: target, slot (ms), checker, and when it was read.
 #[derive(Debug, Clone)]
@@ -449,4 +449,106 @@ async fn a_fleet_of_three_shares_a_thousand_targets_and_hands_them_over() {
         gaps[2], 0,
         "a graceful stop hands targets over without losing a slot"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_regions_store_two_rows_per_slot() {
+    const TARGETS: usize = 20;
+    let server = http::start().await;
+    let targets = support::create_topic("regions-targets", 2).await;
+    let results = support::create_topic("regions-results", 2).await;
+    let reader = Results::follow(&results, 2);
+    let list: Vec<(String, String)> = (0..TARGETS)
+        .map(|i| (format!("site-{i:02}"), server.url("/ok")))
+        .collect();
+    let apply_targets = targets.clone();
+    tokio::task::spawn_blocking(move || apply(&apply_targets, &list, "1s"))
+        .await
+        .unwrap();
+    let db = tokio::task::spawn_blocking(|| support::create_database("regions"))
+        .await
+        .unwrap();
+    let brokers = support::kafka_brokers();
+    let storing = pipeline::start(
+        &writer::writer_yaml(&brokers, &results, &unique_name("writer"), &db.url, ""),
+        RunOptions::default(),
+    );
+    // Each region runs a fleet of its own over all the targets.
+    let checkers: Vec<_> = ["eu-west", "us-east"]
+        .into_iter()
+        .map(|region| {
+            pipeline::start(
+                &checker_yaml(
+                    &targets,
+                    &results,
+                    &unique_name(&format!("fleet-{region}")),
+                    &format!("probe-{region}"),
+                    &format!("    region: {region}\n"),
+                ),
+                RunOptions::default(),
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    for checker in checkers {
+        checker.stop().await.expect("a checker stops cleanly");
+    }
+    let published = reader.snapshot().len() as i64;
+    let stored = writer::wait_for(
+        &db.url,
+        "SELECT count(*) FROM checks",
+        published,
+        Duration::from_secs(60),
+    )
+    .await;
+    storing.stop().await.expect("the writer stops cleanly");
+    // The slots both regions were running for, per target: a region takes its targets
+    // partition by partition, so each target's window runs from its later first slot
+    // (across the regions) to its earlier last one.
+    let per_slot = |having: &str| {
+        format!(
+            "WITH spans AS (
+                 SELECT target_id, region_id, min(checked_at) AS first, max(checked_at) AS last
+                 FROM checks GROUP BY target_id, region_id),
+             bounds AS (
+                 SELECT target_id, max(first) AS lo, min(last) AS hi
+                 FROM spans GROUP BY target_id HAVING count(*) = 2)
+             SELECT count(*) FROM (
+                 SELECT c.target_id, c.checked_at FROM checks c
+                 JOIN bounds b ON b.target_id = c.target_id
+                 WHERE c.checked_at BETWEEN b.lo AND b.hi
+                 GROUP BY c.target_id, c.checked_at
+                 HAVING {having}) s"
+        )
+    };
+    let both = writer::scalar(
+        &db.url,
+        "SELECT count(*) FROM (SELECT target_id FROM checks GROUP BY target_id
+                              HAVING count(DISTINCT region_id) = 2) t",
+    )
+    .await;
+    let two = writer::scalar(&db.url, &per_slot("count(DISTINCT region_id) = 2")).await;
+    let other = writer::scalar(&db.url, &per_slot("count(*) <> 2")).await;
+    let regions = writer::strings(
+        &db.url,
+        "SELECT r.name || ' ' || count(*) FROM checks c JOIN regions r ON r.id = c.region_id
+         GROUP BY r.name ORDER BY r.name",
+    )
+    .await;
+    println!(
+        "two regions, {TARGETS} targets at 1 s: published {published}, stored {stored}, \
+         targets checked from both regions {both}, slots with a row from each region {two}, \
+         slots with another count {other}; rows per region {regions:?}"
+    );
+    assert_eq!(stored, published, "every published check is stored once");
+    assert_eq!(
+        both, TARGETS as i64,
+        "every target is checked from both regions"
+    );
+    assert_eq!(other, 0, "every slot both regions ran has exactly two rows");
+    assert!(
+        two >= (TARGETS * 4) as i64,
+        "both regions checked every target for a few seconds: {two} slots"
+    );
+    assert_eq!(regions.len(), 2, "{regions:?}");
 }
