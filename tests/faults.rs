@@ -24,6 +24,7 @@ const THRESHOLDS: pipe::monitor::history::incidents::Thresholds =
     pipe::monitor::history::incidents::Thresholds {
         down_after: 3,
         up_after: 1,
+        down_regions: 1,
     };
 
 /// One test at a time: each stops services the others use. (tokio's lock does not poison, so a

@@ -144,6 +144,9 @@ struct RebuildArgs {
     /// Good checks in a row that end one: the postgres sink's `up_after`.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     up_after: u32,
+    /// Regions down at once that make a global incident: the postgres sink's `down_regions`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    down_regions: u32,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -159,7 +162,8 @@ enum ReportFormat {
 #[derive(Debug, Subcommand)]
 enum RollupsCommand {
     /// Recompute rollups and incidents from the raw checks, one UTC day per transaction
-    /// (for checks stored before migration 3, or after changing down_after or up_after).
+    /// (for checks stored before migration 3, or after changing down_after, up_after or
+    /// down_regions).
     /// Idempotent; running writers wait for each day, then go on.
     Rebuild(RebuildArgs),
 }
@@ -384,6 +388,7 @@ async fn rebuild_rollups(logger: &slog::Logger, args: RebuildArgs) -> ExitCode {
     let thresholds = Thresholds {
         down_after: args.down_after,
         up_after: args.up_after,
+        down_regions: args.down_regions,
     };
     let Some(database) = database_from(logger, &args.database_url) else {
         return ExitCode::FAILURE;

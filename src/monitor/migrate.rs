@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_compact_checks_rollups_incidents.sql",
         sql: include_str!("../../migrations/0003_compact_checks_rollups_incidents.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_global_incidents.sql",
+        sql: include_str!("../../migrations/0004_global_incidents.sql"),
+    },
 ];
 
 /// Any key will do, as long as it is fixed: it serializes migration runs.

@@ -235,6 +235,7 @@ pub fn render(report: &Report) -> String {
                             (target.checks) " checks · p50 " (format_ms(target.p50_ms))
                             " · p95 " (format_ms(target.p95_ms)) " · p99 " (format_ms(target.p99_ms))
                             " · downtime " (human_duration(target.downtime_s))
+                            " · global incidents " (target.global_incidents.len())
                         }
                         p.legend { span.k50 { "━ p50" } span.k95 { "━ p95" } }
                         (latency_chart(report, &target.series))
@@ -283,6 +284,7 @@ mod tests {
                     failed_checks: 3,
                     cause: "<img src=x onerror=alert(1)>".into(),
                 }],
+                global_incidents: vec![],
                 series: Vec::new(),
             }],
         };

@@ -2,7 +2,7 @@
 //! rollups and incidents the writer keeps (migration 3), in a terminal table, as JSON, or as a
 //! self-contained HTML page.
 //!
-//! Only the rollups and `target_incidents` are read, never a scan of raw checks: a report of
+//! Only the rollups and the incidents (regional and global) are read, never a scan of raw checks: a report of
 //! 1,000 targets over 30 days reads 30,000 daily rows. The one exception is each target's last
 //! result, found through the primary key of `checks` (one index probe per target and region,
 //! limited to the two days before the end of the range). Buckets are hours for ranges up to 7
@@ -91,7 +91,7 @@ pub struct TargetReport {
     pub up_checks: u64,
     /// `up_checks` as a percentage of `checks`.
     pub uptime_pct: f64,
-    /// Time spent in incidents within the range, in seconds.
+    /// Time spent in global incidents within the range, in seconds.
     pub downtime_s: f64,
     /// Response time quantiles over the checks that got a response, in milliseconds (within
     /// 4.33%); null without any.
@@ -102,8 +102,11 @@ pub struct TargetReport {
     pub p99_ms: Option<f64>,
     /// Its latest check up to the end of the range (within two days of it).
     pub last: Option<LastResult>,
-    /// Incidents that overlap the range, oldest first.
+    /// Regional incidents (each seen from one region) that overlap the range, oldest first.
     pub incidents: Vec<IncidentReport>,
+    /// Global incidents (at least the writer's `down_regions` regions down at once) that
+    /// overlap the range, oldest first.
+    pub global_incidents: Vec<GlobalIncidentReport>,
     /// Per bucket, oldest first; buckets without checks are left out.
     pub series: Vec<BucketReport>,
 }
@@ -140,6 +143,23 @@ pub struct IncidentReport {
     /// Failed checks it held.
     pub failed_checks: i32,
     /// The first failure's cause: an error kind, `http_503`, `regex_mismatch`…
+    pub cause: String,
+}
+
+/// A global incident of a target: enough regions down at once.
+#[derive(Debug, Clone, Serialize)]
+pub struct GlobalIncidentReport {
+    /// When the quorum of regions was reached.
+    #[serde(with = "rfc3339_millis")]
+    pub started_at: SystemTime,
+    /// When it was lost; null while it holds.
+    #[serde(with = "rfc3339_millis::option")]
+    pub ended_at: Option<SystemTime>,
+    /// From its start to its end, or to the end of the range while open, in seconds.
+    pub duration_s: f64,
+    /// The most regions down at once within it.
+    pub regions: i16,
+    /// The cause of its earliest regional incident.
     pub cause: String,
 }
 
@@ -268,7 +288,7 @@ pub fn load(client: &mut postgres::Client, options: &Options) -> Result<Report, 
     let migrated: bool = client
         .query_one(
             "SELECT to_regclass('rollups_daily') IS NOT NULL
-                    AND to_regclass('target_incidents') IS NOT NULL",
+                    AND to_regclass('target_global_incidents') IS NOT NULL",
             &[],
         )?
         .get(0);
@@ -365,6 +385,28 @@ pub fn load(client: &mut postgres::Client, options: &Options) -> Result<Report, 
             });
     }
 
+    let mut global: BTreeMap<i32, Vec<GlobalIncidentReport>> = BTreeMap::new();
+    for row in client.query(
+        "SELECT target_id, started_at, ended_at, regions, cause FROM target_global_incidents
+         WHERE target_id = ANY($1) AND started_at < $3 AND (ended_at IS NULL OR ended_at > $2)
+         ORDER BY target_id, started_at",
+        &[&ids, &options.since, &options.until],
+    )? {
+        let started_at: SystemTime = row.get(1);
+        let ended_at: Option<SystemTime> = row.get(2);
+        let end = ended_at.unwrap_or(options.until).min(options.until);
+        global
+            .entry(row.get(0))
+            .or_default()
+            .push(GlobalIncidentReport {
+                started_at,
+                ended_at,
+                duration_s: seconds_between(started_at, end),
+                regions: row.get(3),
+                cause: row.get(4),
+            });
+    }
+
     // Each target's latest check, through the primary key.
     let mut last: BTreeMap<i32, LastResult> = BTreeMap::new();
     let recent = options.until - Duration::from_secs(2 * 86_400);
@@ -417,7 +459,8 @@ pub fn load(client: &mut postgres::Client, options: &Options) -> Result<Report, 
                 })
                 .collect();
             let incidents = incidents.remove(id).unwrap_or_default();
-            let downtime_s = incidents
+            let global_incidents = global.remove(id).unwrap_or_default();
+            let downtime_s = global_incidents
                 .iter()
                 .map(|i| {
                     let start = i.started_at.max(options.since);
@@ -440,6 +483,7 @@ pub fn load(client: &mut postgres::Client, options: &Options) -> Result<Report, 
                 p99_ms: merged.quantile(0.99),
                 last: last.remove(id),
                 incidents,
+                global_incidents,
                 series,
             })
         })

@@ -1,4 +1,5 @@
-//! The report as a terminal table: one row per target, worst first, in at most 100 columns,
+//! The report as a terminal table: one row per target, worst first, in at most 100 columns
+//! (`INC` its global incidents, `REG` its regional ones),
 //! coloured only when asked (a terminal, and no `NO_COLOR`).
 
 use std::fmt::Write as _;
@@ -8,7 +9,7 @@ use super::{format_ms, human_duration, Report, TargetReport};
 
 /// The widest the table gets.
 pub const WIDTH: usize = 100;
-const TARGET_WIDTH: usize = 24;
+const TARGET_WIDTH: usize = 20;
 /// What is left of [`WIDTH`] for the last result, after the other columns (83 characters).
 const LAST_WIDTH: usize = WIDTH - 83;
 
@@ -86,8 +87,8 @@ pub fn render(report: &Report, colour: bool) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<TARGET_WIDTH$} {:>8} {:>8} {:>4} {:>9} {:>7} {:>7} {:>7}  LAST",
-        "TARGET", "CHECKS", "UPTIME", "INC", "DOWNTIME", "P50", "P95", "P99"
+        "{:<TARGET_WIDTH$} {:>8} {:>8} {:>4} {:>3} {:>9} {:>7} {:>7} {:>7}  LAST",
+        "TARGET", "CHECKS", "UPTIME", "INC", "REG", "DOWNTIME", "P50", "P95", "P99"
     );
     for target in &report.targets {
         let uptime = format!("{:>8}", format_uptime(target));
@@ -103,9 +104,10 @@ pub fn render(report: &Report, colour: bool) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<TARGET_WIDTH$} {:>8} {uptime} {:>4} {:>9} {:>7} {:>7} {:>7}  {last_text}",
+            "{:<TARGET_WIDTH$} {:>8} {uptime} {:>4} {:>3} {:>9} {:>7} {:>7} {:>7}  {last_text}",
             fit(&target.target, TARGET_WIDTH),
             target.checks,
+            target.global_incidents.len(),
             target.incidents.len(),
             human_duration(target.downtime_s),
             format_ms(target.p50_ms),
@@ -147,6 +149,7 @@ mod tests {
                 response_time_ms: 35.0,
             }),
             incidents: vec![],
+            global_incidents: vec![],
             series: vec![],
         }
     }
@@ -177,7 +180,7 @@ mod tests {
             );
         }
         assert!(!plain.contains('\x1b'));
-        assert!(plain.contains("a-target-name-far-too-l… "));
+        assert!(plain.contains("a-target-name-far-t… "));
         assert!(plain.contains("99.99%"), "never 100.00% with a check down");
         assert!(plain.contains("97.22%"));
         assert!(plain.contains("http_503 12s ago"));

@@ -552,3 +552,158 @@ async fn two_regions_store_two_rows_per_slot() {
     );
     assert_eq!(regions.len(), 2, "{regions:?}");
 }
+
+/// Per target and region, the incidents stored: `(target, region, incidents)`, and per target
+/// the global ones.
+async fn incident_counts(url: &str) -> (Vec<String>, Vec<String>) {
+    let regional = writer::strings(
+        url,
+        "SELECT target || ' ' || region || ' ' || count(*) FROM incidents
+         GROUP BY target, region ORDER BY target, region",
+    )
+    .await;
+    let global = writer::strings(
+        url,
+        "SELECT target || ' ' || count(*) FROM global_incidents GROUP BY target ORDER BY target",
+    )
+    .await;
+    (regional, global)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regional_outage_opens_a_regional_incident_and_no_global_one() {
+    const TARGETS: usize = 4;
+    const REGIONS: [&str; 2] = ["eu-west", "us-east"];
+    let server = http::start().await;
+    let targets = support::create_topic("outage-targets", 2).await;
+    let results = support::create_topic("outage-results", 2).await;
+    let list: Vec<(String, String)> = (0..TARGETS)
+        .map(|i| (format!("shop-{i}"), server.url("/regional")))
+        .collect();
+    let apply_targets = targets.clone();
+    tokio::task::spawn_blocking(move || apply(&apply_targets, &list, "1s"))
+        .await
+        .unwrap();
+    let db = tokio::task::spawn_blocking(|| support::create_database("outage"))
+        .await
+        .unwrap();
+    let brokers = support::kafka_brokers();
+    // Two regions down at once make a global incident; the default of 3 failures in a row
+    // make a regional one.
+    let storing = pipeline::start(
+        &(writer::writer_yaml(&brokers, &results, &unique_name("writer"), &db.url, "")
+            + "    down_regions: 2\n"),
+        RunOptions::default(),
+    );
+    let checkers: Vec<_> = REGIONS
+        .into_iter()
+        .map(|region| {
+            pipeline::start(
+                &checker_yaml(
+                    &targets,
+                    &results,
+                    &unique_name(&format!("fleet-{region}")),
+                    &format!("probe-{region}"),
+                    &format!("    region: {region}\n    headers:\n      X-Region: {region}\n"),
+                ),
+                RunOptions::default(),
+            )
+        })
+        .collect();
+    // Both regions checking, all up.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // us-east alone loses the targets for 6 slots, then gets them back.
+    http::set_region_down("us-east", true);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    http::set_region_down("us-east", false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    writer::wait_for(
+        &db.url,
+        "SELECT count(*) FROM incidents WHERE ended_at IS NOT NULL",
+        TARGETS as i64,
+        Duration::from_secs(30),
+    )
+    .await;
+    let (regional, global) = incident_counts(&db.url).await;
+    println!("after us-east's outage: regional incidents {regional:?}, global {global:?}");
+    let expected: Vec<String> = (0..TARGETS)
+        .map(|i| format!("shop-{i} us-east 1"))
+        .collect();
+    assert_eq!(
+        regional, expected,
+        "one regional incident per target, from us-east"
+    );
+    assert!(global.is_empty(), "no global incident: {global:?}");
+    // Both regions lose them: now a quorum of 2.
+    for region in REGIONS {
+        http::set_region_down(region, true);
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for region in REGIONS {
+        http::set_region_down(region, false);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for checker in checkers {
+        checker.stop().await.expect("a checker stops cleanly");
+    }
+    writer::wait_for(
+        &db.url,
+        "SELECT count(*) FROM global_incidents WHERE ended_at IS NOT NULL",
+        TARGETS as i64,
+        Duration::from_secs(30),
+    )
+    .await;
+    let (regional, global) = incident_counts(&db.url).await;
+    let spans = writer::strings(
+        &db.url,
+        "SELECT g.target || ' ' || g.regions || ' ' || g.cause || ' '
+                || (g.started_at = (SELECT max(i.started_at) FROM incidents i
+                                    WHERE i.target = g.target AND i.started_at <= g.started_at))
+         FROM global_incidents g ORDER BY 1",
+    )
+    .await;
+    println!("after both regions' outage: regional incidents {regional:?}, global {global:?} ({spans:?})");
+    storing.stop().await.expect("the writer stops cleanly");
+    let expected: Vec<String> = (0..TARGETS)
+        .flat_map(|i| [format!("shop-{i} eu-west 1"), format!("shop-{i} us-east 2")])
+        .collect();
+    assert_eq!(regional, expected);
+    let expected: Vec<String> = (0..TARGETS).map(|i| format!("shop-{i} 1")).collect();
+    assert_eq!(global, expected, "one global incident per target");
+    let expected: Vec<String> = (0..TARGETS)
+        .map(|i| format!("shop-{i} 2 http_503 true"))
+        .collect();
+    assert_eq!(
+        spans, expected,
+        "two regions down, starting when the later region's incident started"
+    );
+
+    // The report shows both.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pipe"))
+        .args([
+            "report",
+            "--database-url",
+            &db.url,
+            "--since",
+            "1h",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for target in report["targets"].as_array().unwrap() {
+        assert_eq!(target["incidents"].as_array().unwrap().len(), 3, "{target}");
+        assert_eq!(
+            target["global_incidents"].as_array().unwrap().len(),
+            1,
+            "{target}"
+        );
+        assert_eq!(target["global_incidents"][0]["regions"], 2, "{target}");
+    }
+}

@@ -20,6 +20,7 @@ const STATED_ERROR: f64 = 0.0433;
 const DEFAULT: Thresholds = Thresholds {
     down_after: 3,
     up_after: 1,
+    down_regions: 1,
 };
 
 async fn fresh_database(prefix: &'static str) -> support::TestDatabase {

@@ -233,6 +233,14 @@ async fn json_and_table_give_the_raw_checks_figures_worst_first() {
         assert_eq!(cells[2], uptime);
         assert_eq!(
             cells[3],
+            target["global_incidents"]
+                .as_array()
+                .unwrap()
+                .len()
+                .to_string()
+        );
+        assert_eq!(
+            cells[4],
             target["incidents"].as_array().unwrap().len().to_string()
         );
     }

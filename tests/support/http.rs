@@ -8,8 +8,12 @@
 //! - `/slow/MS`: 200 after MS milliseconds
 //! - `/big/BYTES`: 200 with a body of BYTES bytes
 //! - `/headers`: 200 with the request's head (request line and headers) as the body
+//! - `/regional`: 503 to a request whose `X-Region` header names a region set down with
+//!   [`set_region_down`], else 200: a scripted outage seen from some regions only
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -81,6 +85,29 @@ async fn serve(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
+/// The regions `/regional` answers 503 to.
+static REGIONS_DOWN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Makes `/regional` fail (or work again) for requests from `region`.
+pub fn set_region_down(region: &str, down: bool) {
+    let mut regions = REGIONS_DOWN.lock().unwrap();
+    if down {
+        regions.insert(region.to_owned());
+    } else {
+        regions.remove(region);
+    }
+}
+
+fn region_down(head: &str) -> bool {
+    let region = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("x-region")
+            .then(|| value.trim().to_owned())
+    });
+    region.is_some_and(|r| REGIONS_DOWN.lock().unwrap().contains(&r))
+}
+
 async fn route(path: &str, head: &str) -> (u16, Vec<String>, Vec<u8>) {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
@@ -97,6 +124,8 @@ async fn route(path: &str, head: &str) -> (u16, Vec<String>, Vec<u8>) {
         }
         ["big", bytes] => (200, vec![], vec![b'x'; bytes.parse().unwrap_or(0)]),
         ["headers"] => (200, vec![], head.as_bytes().to_vec()),
+        ["regional"] if region_down(head) => (503, vec![], b"down from here".to_vec()),
+        ["regional"] => (200, vec![], b"up from here".to_vec()),
         _ => (404, vec![], b"no such route".to_vec()),
     }
 }

@@ -19,15 +19,18 @@ use std::time::SystemTime;
 
 use postgres::GenericClient;
 
+use super::quorum::{self, Touched};
 use super::StoredCheck;
 
-/// When a series goes down and up again.
+/// When a series goes down and up again, and when a target is down everywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
     /// Failed checks in a row that make an incident.
     pub down_after: u32,
     /// Good checks in a row that end one.
     pub up_after: u32,
+    /// Regions with an incident at once that make a global incident ([`super::quorum`]).
+    pub down_regions: u32,
 }
 
 /// A target checked from a region: `(target_id, region_id)`.
@@ -158,11 +161,16 @@ pub fn replay(
     (state, changed)
 }
 
-/// The states of `series`, created where missing and locked until the transaction ends.
+/// The states of `series`, created where missing and locked until the transaction ends, with
+/// their targets' global incidents ([`quorum::lock_targets`]).
 pub fn lock_states(
     tx: &mut impl GenericClient,
     series: &[Series],
 ) -> Result<HashMap<Series, State>, postgres::Error> {
+    let mut distinct: Vec<i32> = series.iter().map(|s| s.0).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    quorum::lock_targets(tx, &distinct)?;
     let targets: Vec<i32> = series.iter().map(|s| s.0).collect();
     let regions: Vec<i16> = series.iter().map(|s| s.1).collect();
     tx.execute(
@@ -218,10 +226,12 @@ pub fn lock_states(
 /// Forgets the incidents that started after that point, and returns the states to replay the
 /// later checks from. One statement for each step, however many series. Rewound to its
 /// beginning, a series keeps the incidents older than its oldest stored check: their checks
-/// are gone (`retention`), and a replay could not write them again.
+/// are gone (`retention`), and a replay could not write them again. The incidents forgotten
+/// are noted in `touched`.
 pub fn rewind(
     tx: &mut impl GenericClient,
     before: &[(Series, SystemTime)],
+    touched: &mut Touched,
 ) -> Result<HashMap<Series, State>, postgres::Error> {
     if before.is_empty() {
         return Ok(HashMap::new());
@@ -244,15 +254,18 @@ pub fn rewind(
     )?;
     let anchors: Vec<Option<SystemTime>> = rows.iter().map(|r| r.get(2)).collect();
     let oldest: Vec<Option<SystemTime>> = rows.iter().map(|r| r.get(3)).collect();
-    tx.execute(
+    for row in tx.query(
         "DELETE FROM target_incidents i
          USING unnest($1::int4[], $2::int2[], $3::timestamptz[], $4::timestamptz[])
              AS a(t, r, after, oldest)
          WHERE i.target_id = a.t AND i.region_id = a.r
            AND CASE WHEN a.after IS NULL THEN i.started_at >= a.oldest
-                    ELSE i.started_at > a.after END",
+                    ELSE i.started_at > a.after END
+         RETURNING i.target_id, i.started_at",
         &[&targets, &regions, &anchors, &oldest],
-    )?;
+    )? {
+        touched.touch(row.get(0), row.get(1));
+    }
     Ok(rows
         .iter()
         .map(|r| ((r.get(0), r.get(1)), State::clean(r.get(2))))
@@ -294,12 +307,16 @@ pub fn outcomes(
     Ok(found)
 }
 
-/// Writes incidents and states.
+/// Writes incidents and states, noting the changed incidents in `touched`.
 pub fn save(
     tx: &mut impl GenericClient,
     changed: &[(Series, Incident)],
     states: &[(Series, State)],
+    touched: &mut Touched,
 ) -> Result<(), postgres::Error> {
+    for (series, incident) in changed {
+        touched.touch(series.0, incident.started_at);
+    }
     if !changed.is_empty() {
         let col = |f: &dyn Fn(&(Series, Incident)) -> Option<SystemTime>| {
             changed.iter().map(f).collect::<Vec<_>>()
@@ -374,7 +391,8 @@ pub fn save(
     Ok(())
 }
 
-/// Adds a transaction's stored checks to the incidents of their series.
+/// Adds a transaction's stored checks to the incidents of their series, and their targets'
+/// global incidents.
 pub fn add(
     tx: &mut impl GenericClient,
     thresholds: Thresholds,
@@ -402,7 +420,8 @@ pub fn add(
             (earliest <= last).then_some((*series, earliest))
         })
         .collect();
-    let rewound = rewind(tx, &late)?;
+    let mut touched = Touched::default();
+    let rewound = rewind(tx, &late, &mut touched)?;
     let from: Vec<(Series, Option<SystemTime>)> =
         rewound.iter().map(|(s, state)| (*s, state.last)).collect();
     let mut replays = outcomes(tx, &from, None)?;
@@ -421,7 +440,9 @@ pub fn add(
         changed.extend(touched.into_values().map(|i| (series, i)));
         saved.push((series, state));
     }
-    save(tx, &changed, &saved)
+    save(tx, &changed, &saved, &mut touched)?;
+    quorum::update(tx, thresholds.down_regions, &touched)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -432,6 +453,7 @@ mod tests {
     const T: Thresholds = Thresholds {
         down_after: 3,
         up_after: 1,
+        down_regions: 1,
     };
 
     fn at(slot: u64) -> SystemTime {
@@ -480,6 +502,7 @@ mod tests {
         let thresholds = Thresholds {
             down_after: 2,
             up_after: 3,
+            down_regions: 1,
         };
         let found = incidents("tt.t..t...t", thresholds);
         assert_eq!(found.len(), 1, "{found:?}");

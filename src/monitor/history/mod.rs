@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub(crate) mod dimensions;
 pub mod histogram;
 pub mod incidents;
+pub mod quorum;
 pub mod rebuild;
 pub mod rollups;
 

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use postgres::GenericClient;
 
 use super::incidents::{self, Incident, Outcome, Series, State, Thresholds};
+use super::quorum::{self, Touched};
 use super::{date_of_day, day_of, rollups, StoredCheck, REBUILD_LOCK, STORED_CHECK_COLUMNS};
 
 /// Targets whose checks of one day are read at once (by id range): bounds the memory of
@@ -167,7 +168,8 @@ fn replay_incidents(
         .filter(|s| !states.contains_key(s))
         .map(|s| (*s, start))
         .collect();
-    let rewound = incidents::rewind(tx, &first_seen)?;
+    let mut touched = Touched::default();
+    let rewound = incidents::rewind(tx, &first_seen, &mut touched)?;
     let from: Vec<(Series, Option<SystemTime>)> =
         rewound.iter().map(|(s, state)| (*s, state.last)).collect();
     let mut before = incidents::outcomes(tx, &from, Some(start))?;
@@ -184,6 +186,7 @@ fn replay_incidents(
         saved.push((series, state.clone()));
         states.insert(series, state);
     }
-    incidents::save(tx, &changed, &saved)?;
-    Ok(changed.len() as u64)
+    incidents::save(tx, &changed, &saved, &mut touched)?;
+    let globals = quorum::update(tx, thresholds.down_regions, &touched)?;
+    Ok(changed.len() as u64 + globals)
 }

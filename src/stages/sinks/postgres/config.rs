@@ -45,6 +45,9 @@ fn default_down_after() -> u32 {
 fn default_up_after() -> u32 {
     1
 }
+fn default_down_regions() -> u32 {
+    1
+}
 
 /// The settings of the `postgres` sink.
 #[derive(Debug, Clone, Deserialize)]
@@ -86,6 +89,11 @@ pub struct PostgresSinkConfig {
     /// Good checks in a row that end an incident. Default 1.
     #[serde(default = "default_up_after")]
     pub up_after: u32,
+    /// Regions with an incident of a target at once that make a global incident
+    /// (`global_incidents`): with checkers in 3 regions, 2 keeps one region's network fault
+    /// a regional incident. Default 1.
+    #[serde(default = "default_down_regions")]
+    pub down_regions: u32,
 }
 
 impl PostgresSinkConfig {
@@ -93,6 +101,7 @@ impl PostgresSinkConfig {
         Thresholds {
             down_after: self.down_after,
             up_after: self.up_after,
+            down_regions: self.down_regions,
         }
     }
 }
@@ -135,6 +144,12 @@ impl StageConfig for PostgresSinkConfig {
                     "at least 1 check: an incident needs one to start and one to end",
                 ));
             }
+        }
+        if self.down_regions == 0 {
+            errors.push(ConfigError::at(
+                "down_regions",
+                "at least 1 region: a global incident needs one region down",
+            ));
         }
         let database = match Database::from_url(&self.url) {
             Ok(database) => Some(database),

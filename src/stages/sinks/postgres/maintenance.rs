@@ -85,6 +85,9 @@ pub fn run(pool: &PgPool, cache: &Mutex<Cache>, plan: &Plan) -> Result<Report, W
         report.incidents_deleted = client.execute(
             "DELETE FROM target_incidents WHERE closed_at < $1",
             &[&cutoff],
+        )? + client.execute(
+            "DELETE FROM target_global_incidents WHERE ended_at < $1",
+            &[&cutoff],
         )?;
     }
     Ok(report)
