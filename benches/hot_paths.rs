@@ -55,6 +55,7 @@ fn result() -> CheckResult {
         region: None,
         checker: None,
         captures: None,
+        probe_fault: false,
     }
 }
 

@@ -92,6 +92,7 @@ fn checks(n: usize, targets: usize) -> Vec<CheckResult> {
                 region: None,
                 checker: Some("bench-checker".into()),
                 captures: None,
+                probe_fault: false,
                 target,
             }
         })

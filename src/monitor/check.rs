@@ -73,6 +73,12 @@ pub struct CheckResult {
     /// Named capture groups of the regex, when it has any and matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub captures: Option<Map<String, Value>>,
+    /// The check failed without a response, and none of the checker's canaries answered
+    /// either: the checker's own network failed, not (as far as it can tell) the target.
+    /// Still `up: false`; the writer counts such a check neither up nor down. Sent only when
+    /// true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub probe_fault: bool,
 }
 
 /// What a check learnt of the TLS connection, from the handshake's server certificate message:
@@ -491,6 +497,7 @@ mod tests {
             region: None,
             checker: None,
             captures: None,
+            probe_fault: false,
         }
     }
 

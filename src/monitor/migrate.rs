@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_global_incidents.sql",
         sql: include_str!("../../migrations/0004_global_incidents.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_probe_faults.sql",
+        sql: include_str!("../../migrations/0005_probe_faults.sql"),
+    },
 ];
 
 /// Any key will do, as long as it is fixed: it serializes migration runs.

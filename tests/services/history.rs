@@ -36,6 +36,8 @@ enum Says {
     Timeout,
     Status(u16),
     Mismatch,
+    /// Refused while the checker's canaries did not answer either.
+    ProbeFault,
 }
 
 fn check(target: &str, slot: SystemTime, says: Says) -> CheckResult {
@@ -53,6 +55,16 @@ fn check(target: &str, slot: SystemTime, says: Says) -> CheckResult {
         ),
         Says::Status(code) => (Some(code), None, None, false, 35.5),
         Says::Mismatch => (Some(200), None, Some(false), false, 41.25),
+        Says::ProbeFault => (
+            None,
+            Some(CheckError {
+                kind: ErrorKind::Connect,
+                message: "Failed to connect to site port 443".into(),
+            }),
+            None,
+            false,
+            0.75,
+        ),
     };
     let responded = status.is_some();
     CheckResult {
@@ -88,6 +100,7 @@ fn check(target: &str, slot: SystemTime, says: Says) -> CheckResult {
         region: None,
         checker: None,
         captures: None,
+        probe_fault: matches!(says, Says::ProbeFault),
     }
 }
 
@@ -102,6 +115,7 @@ fn three_days() -> Vec<CheckResult> {
         for t in 0..6 {
             let roll = random.unit();
             let says = match roll {
+                r if r < 0.01 => Says::ProbeFault,
                 r if r < 0.03 => Says::Timeout,
                 r if r < 0.05 => Says::Status(503),
                 r if r < 0.06 => Says::Status(404),
@@ -128,25 +142,40 @@ async fn rollups_equal_the_raw_checks_after_duplicates_and_late_checks() {
     order.extend(checks.iter().step_by(10).cloned());
     store(&db.url, order, "batch_size: 200\n").await;
 
-    let (stored, hourly, daily, incidents, replayed) = with_client(&db.url, |client| {
-        let stored: i64 = client
-            .query_one("SELECT count(*) FROM checks", &[])
-            .unwrap()
-            .get(0);
-        (
-            stored,
-            rollup_differences(client, "rollups_hourly", "hour"),
-            rollup_differences(client, "rollups_daily", "day"),
-            stored_incidents(client),
-            replayed_incidents(client, DEFAULT),
-        )
-    })
-    .await;
+    let faults = checks.iter().filter(|c| c.probe_fault).count() as i64;
+    let (stored, shown_faults, hourly, daily, incidents, replayed) =
+        with_client(&db.url, |client| {
+            let stored: i64 = client
+                .query_one("SELECT count(*) FROM checks", &[])
+                .unwrap()
+                .get(0);
+            // The view shows the probe faults; the daily rollups count them apart.
+            let shown: (i64, i64) = client
+                .query_one(
+                    "SELECT (SELECT count(*) FROM check_results WHERE probe_fault),
+                        (SELECT sum(probe_faults) FROM rollups_daily)",
+                    &[],
+                )
+                .map(|r| (r.get(0), r.get(1)))
+                .unwrap();
+            (
+                stored,
+                shown,
+                rollup_differences(client, "rollups_hourly", "hour"),
+                rollup_differences(client, "rollups_daily", "day"),
+                stored_incidents(client),
+                replayed_incidents(client, DEFAULT),
+            )
+        })
+        .await;
     println!(
         "stored {stored} of {n}; hourly rows {} ({} differ), daily rows {} ({} differ); {} series with incidents",
         hourly.1, hourly.0, daily.1, daily.0, incidents.len()
     );
     assert_eq!(stored, n as i64, "every check once");
+    println!("probe faults: {faults} made, {shown_faults:?} in check_results and rollups_daily");
+    assert!(faults > 0);
+    assert_eq!(shown_faults, (faults, faults));
     assert_eq!(hourly, (0, 72 * 6), "hourly rollups equal the raw checks");
     assert_eq!(daily, (0, 3 * 6), "daily rollups equal the raw checks");
     assert_eq!(
@@ -210,7 +239,7 @@ async fn quantiles_of_merged_histograms_are_within_the_stated_error_of_percentil
 }
 
 /// Slots every 30 s from `start`, one check per character: `.` up, `t` timeout, `5` HTTP 503,
-/// `r` regex mismatch.
+/// `r` regex mismatch, `p` probe fault.
 fn scripted(target: &str, start: SystemTime, script: &str) -> Vec<CheckResult> {
     script
         .chars()
@@ -221,6 +250,7 @@ fn scripted(target: &str, start: SystemTime, script: &str) -> Vec<CheckResult> {
                 't' => Says::Timeout,
                 '5' => Says::Status(503),
                 'r' => Says::Mismatch,
+                'p' => Says::ProbeFault,
                 other => panic!("no such check: {other}"),
             };
             check(target, start + Duration::from_secs(30 * i as u64), says)
@@ -259,6 +289,15 @@ fn scripts() -> (Vec<CheckResult>, BTreeMap<String, Vec<Incident>>) {
             late_evening,
             "5555555555tttttttttt...",
             vec![incident(late_evening, 0, 2, Some(20), 20, "http_503")],
+        ),
+        // The checker's own network down: probe faults neither fail nor heal a target, so
+        // five of them are no incident, and three timeouts around three of them are one.
+        ("network", today, "....ppppp....", vec![]),
+        (
+            "around-network",
+            today,
+            "..ttpppt..",
+            vec![incident(today, 2, 7, Some(8), 3, "timeout")],
         ),
         // Still down at the end.
         (

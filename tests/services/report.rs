@@ -45,6 +45,7 @@ fn check(target: &str, slot: SystemTime, ms: f64, status: Option<u16>) -> CheckR
         region: None,
         checker: None,
         captures: None,
+        probe_fault: false,
     }
 }
 

@@ -431,3 +431,104 @@ sinks:
         "{text}"
     );
 }
+
+/// A "site" that takes connections and closes them without a word: a canary that does not
+/// answer, counting how often it was asked.
+fn silent_canary() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&asked);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (port, asked)
+}
+
+#[tokio::test]
+async fn failures_while_no_canary_answers_are_probe_faults_not_downs() {
+    let server = http::start().await;
+    let closed = http::closed_port();
+    let (canary, asked) = silent_canary();
+    // Twenty sites refused at once, and two that answer.
+    let mut targets: Vec<String> = (0..20)
+        .map(|i| format!("      - {{ name: refused-{i}, url: 'http://127.0.0.1:{closed}/{i}' }}"))
+        .collect();
+    targets.push(format!(
+        "      - {{ name: ok, url: '{}' }}",
+        server.url("/ok")
+    ));
+    targets.push(format!(
+        "      - {{ name: answered-404, url: '{}' }}",
+        server.url("/status/404")
+    ));
+    let targets = targets.join("\n");
+    let canaries = format!(
+        "    canary:\n      - {{ url: 'http://127.0.0.1:{canary}/', timeout: 1s }}\n      - {{ url: 'http://127.0.0.1:{closed}/canary', timeout: 1s }}"
+    );
+    let results = check_all(&targets, &canaries, 22).await;
+    for i in 0..20 {
+        let refused = &results[&format!("refused-{i}")];
+        assert_eq!(
+            refused.result.error.as_ref().map(|e| e.kind),
+            Some(ErrorKind::Connect)
+        );
+        assert!(!refused.result.up, "still not up");
+        assert!(refused.result.probe_fault, "refused-{i}: a probe fault");
+        assert_eq!(refused.fields["probe_fault"], Value::Bool(true));
+    }
+    // The ones that got a response are what they are.
+    assert!(results["ok"].result.up && !results["ok"].result.probe_fault);
+    let not_found = &results["answered-404"];
+    assert!(!not_found.result.up && !not_found.result.probe_fault);
+    assert!(!not_found.fields.contains_key("probe_fault"));
+    // One verdict for the whole burst: the silent canary was asked once, not twenty times.
+    let asked = asked.load(std::sync::atomic::Ordering::SeqCst);
+    println!("the silent canary was asked {asked} time(s) for 20 failures");
+    assert_eq!(asked, 1, "the canaries' verdict is shared by the failures");
+
+    // A canary that answers (any status): the same failures count against their targets.
+    let canaries = format!(
+        "    canary:\n      - {{ url: '{}' }}\n      - {{ url: 'http://127.0.0.1:{canary}/' }}",
+        server.url("/status/503")
+    );
+    let results = check_all(&targets, &canaries, 22).await;
+    for i in 0..20 {
+        let refused = &results[&format!("refused-{i}")];
+        assert!(!refused.result.up && !refused.result.probe_fault);
+        assert!(!refused.fields.contains_key("probe_fault"));
+    }
+}
+
+#[tokio::test]
+async fn a_bad_canary_is_a_located_validation_error() {
+    let yaml = "\
+sources:
+  probe:
+    type: http_probe
+    targets:
+      - url: https://example.com
+    canary:
+      - url: 'ftp://canary.example'
+sinks:
+  out:
+    type: console
+    inputs: [probe]
+";
+    let errors = pipe::compiler::from_str(
+        "checker.yaml",
+        yaml,
+        &|_| None,
+        &pipeline::registry(),
+        &pipeline::logger(),
+    )
+    .err()
+    .expect("an ftp canary must fail validation");
+    assert_eq!(
+        errors.to_string().lines().next().unwrap_or_default(),
+        "checker.yaml:7:9: error: source `probe` (type http_probe): canary[0]: `ftp://canary.example`: unsupported scheme `ftp` in the URL; use http or https"
+    );
+}

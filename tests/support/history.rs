@@ -82,33 +82,35 @@ pub async fn with_client<T: Send + 'static>(
     .unwrap()
 }
 
-/// The rollup columns recomputed from the raw checks, for `unit` ('hour' or 'day').
+/// The rollup columns recomputed from the raw checks, for `unit` ('hour' or 'day'): probe
+/// faults only in `probe_faults`.
 fn recomputed(unit: &str) -> String {
     format!(
         "SELECT target_id, date_trunc('{unit}', checked_at, 'UTC') AS bucket,
-                count(*)::int AS checks, count(*) FILTER (WHERE up)::int AS up_checks,
-                count(*) FILTER (WHERE error_kind = 'timeout')::int AS down_timeout,
-                count(*) FILTER (WHERE NOT up AND error_kind IS NULL AND status_code >= 500)::int
+                count(*) FILTER (WHERE NOT fault)::int AS checks, count(*) FILTER (WHERE NOT fault AND up)::int AS up_checks,
+                count(*) FILTER (WHERE NOT fault AND error_kind = 'timeout')::int AS down_timeout,
+                count(*) FILTER (WHERE NOT fault AND NOT up AND error_kind IS NULL AND status_code >= 500)::int
                     AS down_http_5xx,
-                count(*) FILTER (WHERE NOT up AND error_kind IS NULL AND status_code BETWEEN 400 AND 499)::int
+                count(*) FILTER (WHERE NOT fault AND NOT up AND error_kind IS NULL AND status_code BETWEEN 400 AND 499)::int
                     AS down_http_4xx,
-                count(*) FILTER (WHERE NOT up AND error_kind IS NULL
+                count(*) FILTER (WHERE NOT fault AND NOT up AND error_kind IS NULL
                                  AND status_code BETWEEN 300 AND 399 AND regex_matched IS NOT false)::int
                     AS down_http_3xx,
-                count(*) FILTER (WHERE NOT up AND error_kind IS NULL AND status_code BETWEEN 200 AND 399
+                count(*) FILTER (WHERE NOT fault AND NOT up AND error_kind IS NULL AND status_code BETWEEN 200 AND 399
                                  AND regex_matched = false)::int AS down_regex_mismatch,
-                count(*) FILTER (WHERE status_code IS NOT NULL)::int AS responses,
-                coalesce(sum(response_time_us) FILTER (WHERE status_code IS NOT NULL), 0)::int8
+                count(*) FILTER (WHERE NOT fault AND status_code IS NOT NULL)::int AS responses,
+                coalesce(sum(response_time_us) FILTER (WHERE NOT fault AND status_code IS NOT NULL), 0)::int8
                     AS response_time_sum_us,
-                min(response_time_us) FILTER (WHERE status_code IS NOT NULL) AS response_time_min_us,
-                max(response_time_us) FILTER (WHERE status_code IS NOT NULL) AS response_time_max_us
-         FROM checks GROUP BY 1, 2"
+                min(response_time_us) FILTER (WHERE NOT fault AND status_code IS NOT NULL) AS response_time_min_us,
+                max(response_time_us) FILTER (WHERE NOT fault AND status_code IS NOT NULL) AS response_time_max_us,
+                count(*) FILTER (WHERE fault)::int AS probe_faults
+         FROM (SELECT *, probe_fault IS TRUE AS fault FROM checks) AS c GROUP BY 1, 2"
     )
 }
 
 const COMPARED: &str = "checks, up_checks, down_timeout, down_http_5xx, down_http_4xx, \
                         down_http_3xx, down_regex_mismatch, responses, response_time_sum_us, \
-                        response_time_min_us, response_time_max_us";
+                        response_time_min_us, response_time_max_us, probe_faults";
 
 /// How many rollup rows of `table` (at `unit`) differ from a recomputation from the raw
 /// checks, in counts or in histogram buckets; and how many rows there are.
@@ -152,7 +154,8 @@ pub fn rollup_differences(client: &mut postgres::Client, table: &str, unit: &str
                 "WITH raw AS (
                      SELECT target_id, date_trunc('{unit}', checked_at, 'UTC') AS bucket,
                             pipe_latency_bucket(response_time_us) AS i, count(*)::int AS n
-                     FROM checks WHERE status_code IS NOT NULL GROUP BY 1, 2, 3),
+                     FROM checks WHERE status_code IS NOT NULL AND probe_fault IS NULL
+                     GROUP BY 1, 2, 3),
                  stored AS (
                      SELECT target_id, bucket, i, latency_histogram[i] AS n
                      FROM {table}, generate_subscripts(latency_histogram, 1) AS i
@@ -167,7 +170,7 @@ pub fn rollup_differences(client: &mut postgres::Client, table: &str, unit: &str
     (counts + causes + buckets, rows)
 }
 
-/// The incidents a replay of every stored check gives, by series.
+/// The incidents a replay of every stored check but the probe faults gives, by series.
 pub fn replayed_incidents(
     client: &mut postgres::Client,
     thresholds: Thresholds,
@@ -178,7 +181,7 @@ pub fn replayed_incidents(
             "SELECT target_id, region_id, checked_at,
                     pipe_down_cause(up, error_kind, status_code, regex_matched, latency_class,
                                     cert_expires_soon)
-             FROM checks ORDER BY target_id, region_id, checked_at",
+             FROM checks WHERE probe_fault IS NULL ORDER BY target_id, region_id, checked_at",
             &[],
         )
         .unwrap()

@@ -61,6 +61,7 @@ pub fn checks(n: usize, targets: usize) -> Vec<CheckResult> {
                 region: None,
                 checker: None,
                 captures: None,
+                probe_fault: false,
             }
         })
         .collect()

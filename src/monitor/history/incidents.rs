@@ -293,6 +293,7 @@ pub fn outcomes(
          JOIN checks c ON c.target_id = a.t AND c.region_id = a.r
               AND (a.after IS NULL OR c.checked_at > a.after)
               AND ($4::timestamptz IS NULL OR c.checked_at < $4)
+              AND c.probe_fault IS NULL
          ORDER BY 1, 2, 3",
         &[&targets, &regions, &times, &until],
     )? {
@@ -403,10 +404,12 @@ pub fn add(
     }
     let mut by_series: BTreeMap<Series, Vec<Outcome>> = BTreeMap::new();
     for check in stored {
-        by_series.entry(check.series).or_default().push(Outcome {
-            at: check.at,
-            cause: check.cause.clone(),
-        });
+        if let Some(outcome) = check.outcome() {
+            by_series.entry(check.series).or_default().push(outcome);
+        }
+    }
+    if by_series.is_empty() {
+        return Ok(());
     }
     let series: Vec<Series> = by_series.keys().copied().collect();
     let mut states = lock_states(tx, &series)?;

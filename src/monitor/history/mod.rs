@@ -19,7 +19,7 @@ pub mod rollups;
 macro_rules! stored_check_columns {
     () => {
         "up, error_kind::text, status_code, regex_matched, latency_class::text, \
-         cert_expires_soon, response_time_us"
+         cert_expires_soon, response_time_us, probe_fault IS TRUE"
     };
 }
 pub(crate) use stored_check_columns;
@@ -74,6 +74,9 @@ pub struct StoredCheck {
     pub responded: bool,
     /// Its response time, in microseconds.
     pub response_time_us: i32,
+    /// The checker's own network was down (migration 5): neither up nor down, in no
+    /// incident, and counted apart in the rollups.
+    pub probe_fault: bool,
 }
 
 impl StoredCheck {
@@ -95,7 +98,16 @@ impl StoredCheck {
             ),
             responded: status_code.is_some(),
             response_time_us: row.get(9),
+            probe_fault: row.get(10),
         }
+    }
+
+    /// What the incidents see of it: nothing, for a probe fault.
+    pub fn outcome(&self) -> Option<incidents::Outcome> {
+        (!self.probe_fault).then(|| incidents::Outcome {
+            at: self.at,
+            cause: self.cause.clone(),
+        })
     }
 }
 

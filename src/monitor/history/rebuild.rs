@@ -150,10 +150,9 @@ fn replay_incidents(
 ) -> Result<u64, postgres::Error> {
     let mut by_series: BTreeMap<Series, Vec<Outcome>> = BTreeMap::new();
     for check in checks {
-        by_series.entry(check.series).or_default().push(Outcome {
-            at: check.at,
-            cause: check.cause.clone(),
-        });
+        if let Some(outcome) = check.outcome() {
+            by_series.entry(check.series).or_default().push(outcome);
+        }
     }
     if by_series.is_empty() {
         return Ok(0);

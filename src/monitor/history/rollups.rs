@@ -63,6 +63,8 @@ pub struct Delta {
     pub up_checks: i32,
     /// Checks that were down, by cause ([`CAUSES`]).
     pub down: [i32; CAUSES.len()],
+    /// Probe faults: checks of a checker whose own network was down, in none of the above.
+    pub probe_faults: i32,
     /// Checks that got a response.
     pub responses: i32,
     /// Their response times: sum, shortest, longest, and histogram.
@@ -77,6 +79,11 @@ pub struct Delta {
 
 impl Delta {
     fn add(&mut self, check: &StoredCheck) {
+        if check.probe_fault {
+            // Not a check of the target: its response time is the checker's network's too.
+            self.probe_faults += 1;
+            return;
+        }
         self.checks += 1;
         if check.up {
             self.up_checks += 1;
@@ -131,6 +138,7 @@ fn upsert_sql(table: &str) -> String {
     let mut columns = vec!["target_id", "bucket", "checks", "up_checks"];
     columns.extend(downs.iter().map(String::as_str));
     columns.extend([
+        "probe_faults",
         "responses",
         "response_time_sum_us",
         "response_time_min_us",
@@ -139,7 +147,7 @@ fn upsert_sql(table: &str) -> String {
     ]);
     let mut types = vec!["int4", "timestamptz", "int4", "int4"];
     types.extend(std::iter::repeat_n("int4", CAUSES.len()));
-    types.extend(["int4", "int8", "int4", "int4", "text"]);
+    types.extend(["int4", "int4", "int8", "int4", "int4", "text"]);
     let params: Vec<String> = types
         .iter()
         .enumerate()
@@ -181,6 +189,7 @@ fn upsert(tx: &mut impl GenericClient, sql: &str, deltas: &Deltas) -> Result<(),
     let down: Vec<Vec<i32>> = (0..CAUSES.len())
         .map(|i| deltas.values().map(|d| d.down[i]).collect())
         .collect();
+    let probe_faults = column(&|d| d.probe_faults);
     let responses = column(&|d| d.responses);
     let sums: Vec<i64> = deltas.values().map(|d| d.response_time_sum_us).collect();
     let mins: Vec<Option<i32>> = deltas.values().map(|d| d.response_time_min_us).collect();
@@ -193,7 +202,8 @@ fn upsert(tx: &mut impl GenericClient, sql: &str, deltas: &Deltas) -> Result<(),
             .map(|d| d as &(dyn postgres::types::ToSql + Sync)),
     );
     params.extend([
-        &responses as &(dyn postgres::types::ToSql + Sync),
+        &probe_faults as &(dyn postgres::types::ToSql + Sync),
+        &responses,
         &sums,
         &mins,
         &maxes,

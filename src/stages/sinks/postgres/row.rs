@@ -42,6 +42,8 @@ pub(super) struct Row {
     pub(super) tls_key: Option<Uuid>,
     pub(super) cert_expires_soon: Option<bool>,
     pub(super) checker: Option<CheckerKey>,
+    /// `Some(true)` for a probe fault, `None` (stored as null) otherwise.
+    pub(super) probe_fault: Option<bool>,
 }
 
 /// A target's identity and latest settings.
@@ -138,6 +140,7 @@ impl Row {
                 .checker
                 .clone()
                 .map(|name| (check.region.clone().unwrap_or_default(), name)),
+            probe_fault: check.probe_fault.then_some(true),
         };
         Ok(row)
     }

@@ -58,14 +58,14 @@ macro_rules! insert_checks_sql {
 INSERT INTO checks (checked_at, target_id, start_delay_ms, response_time_us, dns_us,
     connect_us, tls_us, first_byte_us, transfer_us, body_bytes, remote_port, tls_id,
     error_kind, latency_class, region_id, checker_id, status_code, http_version, up,
-    regex_matched, cert_expires_soon, remote_ip, check_id, error_message, captures)
+    regex_matched, cert_expires_soon, remote_ip, check_id, error_message, captures, probe_fault)
 SELECT unnest($1::timestamptz[]), unnest($2::int4[]), unnest($3::int4[]), unnest($4::int4[]),
     unnest($5::int4[]), unnest($6::int4[]), unnest($7::int4[]), unnest($8::int4[]),
     unnest($9::int4[]), unnest($10::int4[]), unnest($11::int4[]), unnest($12::int4[]),
     unnest($13::text[]::check_error_kind[]), unnest($14::text[]::check_latency_class[]),
     unnest($15::int2[]), unnest($16::int2[]), unnest($17::int2[]), unnest($18::int2[]),
     unnest($19::bool[]), unnest($20::bool[]), unnest($21::bool[]), unnest($22::inet[]),
-    unnest($23::uuid[]), unnest($24::text[]), unnest($25::jsonb[])"
+    unnest($23::uuid[]), unnest($24::text[]), unnest($25::jsonb[]), unnest($26::bool[])"
     };
 }
 
@@ -113,6 +113,7 @@ pub(super) fn stored_check(row: &Row, series: Series) -> StoredCheck {
         ),
         responded: row.status_code.is_some(),
         response_time_us: row.response_time_us,
+        probe_fault: row.probe_fault == Some(true),
     }
 }
 
@@ -169,7 +170,7 @@ pub(super) fn insert_checks(
         .map(|r| r.checker.as_ref().map(|key| ids.checkers[key]))
         .collect();
     let region_ids: Vec<i16> = rows.iter().map(|r| ids.regions[&r.region]).collect();
-    let params: [&(dyn postgres::types::ToSql + Sync); 25] = [
+    let params: [&(dyn postgres::types::ToSql + Sync); 26] = [
         &column!(checked_at),
         &target_ids,
         &column!(start_delay_ms),
@@ -195,6 +196,7 @@ pub(super) fn insert_checks(
         &column!(check_id),
         &column!(error_message),
         &column!(captures),
+        &column!(probe_fault),
     ];
     match insert {
         Insert::New => {

@@ -312,6 +312,14 @@ pub struct HttpProbeConfig {
     /// This checker's name in every result. Default: the host name.
     #[serde(default)]
     pub checker: Option<String>,
+    /// Sites this checker must be able to reach, with the same settings as targets (give them
+    /// a short `timeout`). They are not scheduled: when a check fails without a response
+    /// (timeout, DNS, connect), they are asked (at most once every 5 s, the verdict shared by
+    /// every failure meanwhile), and if none answers, the checker's own network is down and
+    /// the result is marked `probe_fault` rather than counting the target as down. Default:
+    /// none, and every failure counts.
+    #[serde(default)]
+    pub canary: Vec<TargetConfig>,
     /// Keep gauges of each target's last check (`pipe_probe_target_*`: up, response time,
     /// status code, certificate end), as blackbox_exporter gives them. Default `false`: one
     /// series per target and gauge is a lot with thousands of targets.

@@ -18,7 +18,7 @@ use crate::telemetry::{self, FloatGaugeFamily, GaugeFamily, Labels};
 /// Every reason a check can be up or down for, so that each series exists from the start
 /// (a rate over a series that appears late starts from nothing) and a check is counted
 /// without building labels.
-const REASONS: [(bool, &str); 15] = [
+const REASONS: [(bool, &str); 16] = [
     (true, "ok"),
     (false, "timeout"),
     (false, "dns"),
@@ -34,6 +34,7 @@ const REASONS: [(bool, &str); 15] = [
     (false, "status_5xx"),
     (false, "status_other"),
     (false, "certificate"),
+    (false, "probe_fault"),
 ];
 
 /// The stage's metrics, shared by all its checks.
@@ -53,6 +54,8 @@ pub(super) struct ProbeMetrics {
     pub(super) handover_gap_slots: Counter,
     /// Records of the targets topic skipped as invalid.
     pub(super) target_errors: Counter,
+    /// 1 while the canaries' last verdict is that the checker's own network is down.
+    pub(super) network_down: Gauge,
     per_target: Option<(GaugeFamily, FloatGaugeFamily, GaugeFamily, FloatGaugeFamily)>,
 }
 
@@ -108,7 +111,7 @@ impl ProbeMetrics {
         });
         let family = telemetry.counters(
             "pipe_probe_checks",
-            "Checks made, by outcome (up, down) and reason (ok, an error kind, status_Nxx, certificate).",
+            "Checks made, by outcome (up, down) and reason (ok, an error kind, status_Nxx, certificate, probe_fault).",
         );
         let checks = REASONS
             .iter()
@@ -162,6 +165,13 @@ impl ProbeMetrics {
                 .counters(
                     "pipe_probe_target_errors",
                     "Records of the targets topic skipped because they are not valid targets.",
+                )
+                .get_or_create(&labels)
+                .clone(),
+            network_down: telemetry
+                .gauges(
+                    "pipe_probe_network_down",
+                    "Whether the canaries last said this checker's own network is down (1) or not (0).",
                 )
                 .get_or_create(&labels)
                 .clone(),
@@ -220,7 +230,8 @@ impl ProbeMetrics {
             .duration_since(result.scheduled_at)
             .unwrap_or_default();
         self.lateness.observe(late.as_secs_f64());
-        if let Some(gauges) = target {
+        // A probe fault says nothing of the target: its gauges keep its last real check.
+        if let Some(gauges) = target.filter(|_| !result.probe_fault) {
             gauges.up.set(i64::from(result.up));
             gauges.response.set(seconds);
             gauges.status.set(result.status_code.map_or(0, i64::from));

@@ -11,6 +11,7 @@
 //! Scheduling is slot-based ([`crate::monitor::schedule`]). Typed failure reasons, per-phase timings and
 //! slots follow getsentry/uptime-checker; the code is ours.
 
+mod canary;
 mod config;
 mod fleet;
 mod metrics;

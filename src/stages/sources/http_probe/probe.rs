@@ -22,6 +22,7 @@ use crate::registry::BuildContext;
 use crate::stage::{BoxError, Source, SourceContext};
 use tokio::sync::mpsc;
 
+use super::canary::Canaries;
 use super::config::*;
 use super::fleet::{delivery_channel, Deliveries, Handover, TargetCommand, TargetsOwner};
 use super::metrics::ProbeMetrics;
@@ -43,6 +44,8 @@ pub(super) struct HttpProbe {
     pub(super) region: Option<String>,
     pub(super) checker: String,
     pub(super) metrics: Arc<ProbeMetrics>,
+    /// Sites the checker must reach, asked when a check fails without a response.
+    pub(super) canaries: Option<Arc<Canaries>>,
     /// Target `i` is always checked by agent `i % agents.len()`.
     pub(super) agents: Vec<Agent>,
     pub(super) reuse_connections: bool,
@@ -61,6 +64,7 @@ impl Source for HttpProbe {
             region,
             checker,
             metrics,
+            canaries,
             reuse_connections,
             concurrency,
             max_body_bytes,
@@ -156,6 +160,7 @@ impl Source for HttpProbe {
                 let agents = Arc::clone(&agents);
                 let identity = Arc::clone(&identity);
                 let metrics = Arc::clone(&metrics);
+                let canaries = canaries.clone();
                 let mut out = out.clone();
                 let logger = logger.clone();
                 async move {
@@ -164,27 +169,15 @@ impl Source for HttpProbe {
                     let started_at = clock.now();
                     let keep_body = keep_bodies || target.regex.is_some();
                     let agent = &agents[slot.entry % agents.len()];
-                    let request = libcurl::Request {
-                        url: Arc::clone(&target.url),
-                        method: target.method.clone(),
-                        headers: Arc::clone(&target.headers),
-                        body: target.body.clone(),
-                        timeout: target.timeout,
-                        max_redirects: if target.follow_redirects {
-                            MAX_REDIRECTS
-                        } else {
-                            0
-                        },
-                        fresh_connection: !reuse_connections,
-                        max_body_bytes,
-                        keep_body,
-                        ip_version: target.ip_version,
-                        proxy: target.proxy.clone(),
-                        ca_file: target.ca_file.clone(),
-                        deny_private_addresses: target.deny_private_addresses,
-                    };
+                    let request = target.request(!reuse_connections, max_body_bytes, keep_body);
                     metrics.in_flight.inc();
-                    let (result, reason, body) = probe(agent, request, target).await;
+                    let (mut result, mut reason, body) = probe(agent, request, target).await;
+                    if let Some(canaries) = &canaries {
+                        if canaries.judge(&result, agent, &metrics, &logger).await {
+                            result.probe_fault = true;
+                            reason = "probe_fault";
+                        }
+                    }
                     metrics.in_flight.dec();
                     let (region, checker) = &*identity;
                     let result = CheckResult {
@@ -267,6 +260,7 @@ async fn probe(
         region: None,
         checker: None,
         captures: None,
+        probe_fault: false,
     };
     // libcurl enforces the timeout; our own deadline, a little later, only guards against a
     // transfer that never ends.

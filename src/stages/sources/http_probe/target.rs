@@ -13,7 +13,7 @@ use http::{Method, Uri};
 use crate::config::diagnostic::ConfigError;
 use crate::config::interpolate;
 use crate::config::locate::Locations;
-use crate::monitor::libcurl::{Agent, IpVersion};
+use crate::monitor::libcurl::{self, Agent, IpVersion};
 use crate::monitor::secrets::redact_url;
 use crate::registry::{BuildContext, StageConfig};
 use crate::stage::Source;
@@ -22,6 +22,7 @@ use crate::stages::transforms::regex_match::compile_pattern;
 use crate::monitor::fleet::Membership;
 use crate::monitor::targets_topic::TopicAccess;
 
+use super::canary::Canaries;
 use super::config::*;
 use super::fleet::Handover;
 use super::metrics::{ProbeMetrics, TargetGauges};
@@ -54,6 +55,36 @@ pub(super) struct Target {
     pub(super) deny_private_addresses: bool,
     /// Its `pipe_probe_target_*` gauges, with `per_target_metrics`.
     pub(super) gauges: Option<TargetGauges>,
+}
+
+impl Target {
+    /// The request that checks this target.
+    pub(super) fn request(
+        &self,
+        fresh_connection: bool,
+        max_body_bytes: u64,
+        keep_body: bool,
+    ) -> libcurl::Request {
+        libcurl::Request {
+            url: Arc::clone(&self.url),
+            method: self.method.clone(),
+            headers: Arc::clone(&self.headers),
+            body: self.body.clone(),
+            timeout: self.timeout,
+            max_redirects: if self.follow_redirects {
+                MAX_REDIRECTS
+            } else {
+                0
+            },
+            fresh_connection,
+            max_body_bytes,
+            keep_body,
+            ip_version: self.ip_version,
+            proxy: self.proxy.clone(),
+            ca_file: self.ca_file.clone(),
+            deny_private_addresses: self.deny_private_addresses,
+        }
+    }
 }
 
 impl StageConfig for HttpProbeConfig {
@@ -163,6 +194,21 @@ impl StageConfig for HttpProbeConfig {
             }
         }
 
+        let mut canaries = Vec::with_capacity(self.canary.len());
+        for (i, entry) in self.canary.iter().enumerate() {
+            match resolve_target(&self, entry.clone(), defaults.as_ref(), cx) {
+                Ok(canary) => canaries.push(canary),
+                Err((name, failures)) => {
+                    errors.extend(failures.into_iter().map(|(setting, message)| {
+                        ConfigError::at(
+                            format!("canary[{i}].{setting}"),
+                            format!("canary[{i}]: `{name}`: {message}"),
+                        )
+                    }))
+                }
+            }
+        }
+
         // Each agent is a thread running libcurl's event loop, which also does the kernel's TCP
         // work of every connection it opens: one per core, so checks are not bound to a single
         // thread.
@@ -210,6 +256,7 @@ impl StageConfig for HttpProbeConfig {
             region: self.region.clone(),
             checker: self.checker.clone().unwrap_or_else(host_name),
             metrics: Arc::new(metrics),
+            canaries: Canaries::new(canaries).map(Arc::new),
             reuse_connections: self.reuse_connections,
             concurrency: self.concurrency,
             max_body_bytes: self.max_body_bytes,
