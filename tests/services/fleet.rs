@@ -3,7 +3,9 @@
 //! checked from the slot after the last one published.
 //!
 //! Results are read back from the results topic, so what is asserted is what a writer gets:
-//! every slot of a target once, gaps only where the documented bound allows them.
+//! every slot of a target once, gaps only where the documented bound allows them; and the
+//! thousand-target fleet's topic goes through a writer into PostgreSQL, which must hold the
+//! same slots once each.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
@@ -443,6 +445,64 @@ async fn a_fleet_of_three_shares_a_thousand_targets_and_hands_them_over() {
     assert!(
         killed_gap_ms <= 15_000,
         "a SIGKILLed member's targets resume within 15 s: {killed_gap_ms} ms"
+    );
+
+    // What a writer makes of it: the whole results topic (read after the fleet stopped, so
+    // that a writer's load does not shape the fleet's figures) into PostgreSQL. Every slot
+    // published is stored once, and the longest gap in PostgreSQL is the one seen above.
+    let published: usize = reader
+        .snapshot()
+        .iter()
+        .map(|s| (s.target.clone(), s.slot))
+        .collect::<BTreeSet<_>>()
+        .len();
+    let db = tokio::task::spawn_blocking(|| support::create_database("fleet"))
+        .await
+        .unwrap();
+    let storing = pipeline::start(
+        &writer::writer_yaml(
+            &support::kafka_brokers(),
+            &results,
+            &unique_name("writer"),
+            &db.url,
+            "",
+        ),
+        RunOptions::default(),
+    );
+    let stored = writer::wait_for(
+        &db.url,
+        "SELECT count(*) FROM checks",
+        published as i64,
+        Duration::from_secs(120),
+    )
+    .await;
+    storing.stop().await.expect("the writer stops cleanly");
+    let targets_stored =
+        writer::scalar(&db.url, "SELECT count(DISTINCT target_id) FROM checks").await;
+    // Over the slots the gaps above were counted in (up to `ended_at`).
+    let longest_gap_ms = writer::scalar(
+        &db.url,
+        &format!(
+            "SELECT coalesce(max(gap), 0)::int8 FROM (
+                 SELECT (extract(epoch FROM checked_at - lag(checked_at) OVER w) * 1000)::int8
+                     AS gap
+                 FROM checks WHERE checked_at <= to_timestamp({ended_at} / 1000.0)
+                 WINDOW w AS (PARTITION BY target_id ORDER BY checked_at)) AS g"
+        ),
+    )
+    .await;
+    println!(
+        "in PostgreSQL: {stored} checks of {published} distinct slots published, {targets_stored} \
+         targets, longest gap {longest_gap_ms} ms"
+    );
+    assert_eq!(
+        stored, published as i64,
+        "every slot published is stored once"
+    );
+    assert_eq!(targets_stored, TARGETS as i64);
+    assert_eq!(
+        longest_gap_ms as u64, killed_gap_ms,
+        "PostgreSQL holds the slots the topic holds"
     );
     assert_eq!(gaps[1], 0, "a join moves targets without losing a slot");
     assert_eq!(
