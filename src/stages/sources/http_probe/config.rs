@@ -175,7 +175,7 @@ pub(super) fn default_targets_topic() -> String {
     "targets".to_owned()
 }
 pub(super) fn default_handover_lookback() -> Duration {
-    Duration::from_secs(60)
+    Duration::from_secs(120)
 }
 pub(super) fn default_handover_catch_up() -> Duration {
     Duration::from_secs(10)
@@ -212,8 +212,10 @@ pub struct TargetsTopicConfig {
     #[serde(default)]
     pub results_topic: Option<String>,
     /// How far back, at most, the results topic is read on a hand-over: the read goes back the
-    /// catch-up bound plus the longest interval of the targets gained, which finds every last
-    /// slot that decides where a target goes on from, and no further than this. Default `1m`.
+    /// longer of the catch-up bound and the group's session timeout, plus the longest interval
+    /// of the targets gained. That finds every last slot that decides where a target goes on
+    /// from, and a dead member's last slots (older by its session timeout), so that the slots
+    /// it left unchecked are counted as gaps. Default `2m`.
     #[serde(default = "default_handover_lookback", with = "duration")]
     pub handover_lookback: Duration,
     /// How late a gained target's owed slots may be checked: the slots after its last

@@ -93,6 +93,8 @@ pub(super) struct Handover {
     pub(super) lookback: Duration,
     /// How far back owed slots are still checked.
     pub(super) catch_up: Duration,
+    /// How long the group takes to notice a dead member: its last slots are that much older.
+    pub(super) session_timeout: Duration,
 }
 
 /// What a partition holds for this checker.
@@ -206,15 +208,19 @@ impl TargetsOwner {
         let logger = &self.cx.logger;
         let started = Instant::now();
         let names: HashSet<String> = targets.keys().cloned().collect();
-        // Every last slot that matters is at most the catch-up bound and one interval old; a
-        // fleet publishes about a thousand results a second per thousand targets at 1 s, so
-        // reading no further than that keeps a hand-over's lookup short.
+        // Every last slot that decides where a target goes on from is at most the catch-up
+        // bound and one interval old; a dead member's are older by the session timeout, and
+        // without them its unchecked slots could not be counted. A fleet publishes about a
+        // thousand results a second per thousand targets at 1 s, so reading no further than
+        // that keeps a hand-over's lookup short.
         let longest = targets
             .values()
             .map(|t| t.interval)
             .max()
             .unwrap_or_default();
-        let window = (handover.catch_up + longest + Duration::from_secs(1)).min(handover.lookback);
+        let window =
+            (handover.catch_up.max(handover.session_timeout) + longest + Duration::from_secs(1))
+                .min(handover.lookback);
         let since = self.clock.now() - window;
         let found = match fleet::last_slots(
             &handover.results,

@@ -19,7 +19,7 @@ use crate::registry::{BuildContext, StageConfig};
 use crate::stage::Source;
 use crate::stages::transforms::regex_match::compile_pattern;
 
-use crate::monitor::fleet::Membership;
+use crate::monitor::fleet::{GroupProtocol, Membership};
 use crate::monitor::targets_topic::TopicAccess;
 
 use super::canary::Canaries;
@@ -329,8 +329,24 @@ fn validate_targets_topic(
             results: access(results),
             lookback: topic.handover_lookback,
             catch_up: topic.handover_catch_up,
+            session_timeout: session_timeout(topic),
         }),
     ))
+}
+
+/// How long the fleet's group takes to declare a member dead: `session.timeout.ms` of the
+/// classic protocol, else 45 s (librdkafka's default, and the broker's
+/// `group.consumer.session.timeout.ms` default for KIP-848).
+fn session_timeout(topic: &TargetsTopicConfig) -> Duration {
+    const DEFAULT: Duration = Duration::from_secs(45);
+    match topic.group_protocol {
+        GroupProtocol::Classic => topic
+            .options
+            .get("session.timeout.ms")
+            .and_then(|v| v.to_string().parse().ok())
+            .map_or(DEFAULT, Duration::from_millis),
+        GroupProtocol::Consumer => DEFAULT,
+    }
 }
 
 /// Reads a targets file: YAML, with `${VAR}` interpolated in string values as in pipeline
