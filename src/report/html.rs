@@ -207,7 +207,8 @@ pub fn render(report: &Report) -> String {
                             data-up-checks=(target.up_checks) data-uptime-pct=(json(&target.uptime_pct))
                             data-downtime-s=(json(&target.downtime_s)) data-p50-ms=(json(&target.p50_ms))
                             data-p95-ms=(json(&target.p95_ms)) data-p99-ms=(json(&target.p99_ms))
-                            data-incidents=(target.incidents.len()) {
+                            data-incidents=(target.incidents.len())
+                            data-probe-faults=(target.probe_faults) {
                             td { a href={ "#t" (i) } { (target.target) } }
                             td { (target.checks) }
                             td { (super::table::format_uptime(target)) }
@@ -224,7 +225,8 @@ pub fn render(report: &Report) -> String {
                         data-checks=(target.checks) data-up-checks=(target.up_checks)
                         data-uptime-pct=(json(&target.uptime_pct)) data-downtime-s=(json(&target.downtime_s))
                         data-p50-ms=(json(&target.p50_ms)) data-p95-ms=(json(&target.p95_ms))
-                        data-p99-ms=(json(&target.p99_ms)) data-incidents=(target.incidents.len()) {
+                        data-p99-ms=(json(&target.p99_ms)) data-incidents=(target.incidents.len())
+                        data-probe-faults=(target.probe_faults) {
                         h2 {
                             (target.target)
                             span class={ "badge " (class_of(target.uptime_pct / 100.0)) } {
@@ -236,6 +238,9 @@ pub fn render(report: &Report) -> String {
                             " · p95 " (format_ms(target.p95_ms)) " · p99 " (format_ms(target.p99_ms))
                             " · downtime " (human_duration(target.downtime_s))
                             " · global incidents " (target.global_incidents.len())
+                            @if target.probe_faults > 0 {
+                                " · probe faults " (target.probe_faults)
+                            }
                         }
                         p.legend { span.k50 { "━ p50" } span.k95 { "━ p95" } }
                         (latency_chart(report, &target.series))
@@ -270,6 +275,7 @@ mod tests {
                 target: name.to_owned(),
                 checks: 2,
                 up_checks: 1,
+                probe_faults: 0,
                 uptime_pct: 50.0,
                 downtime_s: 30.0,
                 p50_ms: Some(12.0),

@@ -89,6 +89,9 @@ pub struct TargetReport {
     pub checks: u64,
     /// Checks that were up.
     pub up_checks: u64,
+    /// Checks made while the checker's own network was down (`probe_fault`): in none of the
+    /// other figures, which say nothing of the target for that time.
+    pub probe_faults: u64,
     /// `up_checks` as a percentage of `checks`.
     pub uptime_pct: f64,
     /// Time spent in global incidents within the range, in seconds.
@@ -100,7 +103,8 @@ pub struct TargetReport {
     pub p95_ms: Option<f64>,
     /// See `p50_ms`.
     pub p99_ms: Option<f64>,
-    /// Its latest check up to the end of the range (within two days of it).
+    /// Its latest check up to the end of the range (within two days of it), probe faults
+    /// left out.
     pub last: Option<LastResult>,
     /// Regional incidents (each seen from one region) that overlap the range, oldest first.
     pub incidents: Vec<IncidentReport>,
@@ -186,7 +190,7 @@ pub struct BucketReport {
 pub enum ReportError {
     /// The database answered with an error.
     Database(postgres::Error),
-    /// The database has no rollups: migration 3 has not run.
+    /// The database lacks what the report reads: migrations 3 to 5 have not all run.
     NotMigrated,
     /// No checks in the range.
     NoData {
@@ -205,7 +209,7 @@ impl std::fmt::Display for ReportError {
             Self::Database(e) => write!(f, "{}", crate::monitor::database::describe(e)),
             Self::NotMigrated => write!(
                 f,
-                "the database has no rollups: run `pipe migrate` on it (and `pipe rollups rebuild` for checks stored before)"
+                "the database lacks the rollups, global incidents or probe faults this version reads: run `pipe migrate` on it (and `pipe rollups rebuild` for checks stored before its rollups)"
             ),
             Self::NoData { held: None } => {
                 write!(f, "no checks in the range, and no rollups at all")
@@ -287,8 +291,10 @@ pub fn load(client: &mut postgres::Client, options: &Options) -> Result<Report, 
     }
     let migrated: bool = client
         .query_one(
-            "SELECT to_regclass('rollups_daily') IS NOT NULL
-                    AND to_regclass('target_global_incidents') IS NOT NULL",
+            "SELECT to_regclass('target_global_incidents') IS NOT NULL
+                    AND EXISTS (SELECT 1 FROM pg_attribute
+                                WHERE attrelid = to_regclass('rollups_daily')
+                                  AND attname = 'probe_faults' AND NOT attisdropped)",
             &[],
         )?
         .get(0);
@@ -332,7 +338,8 @@ pub fn load(client: &mut postgres::Client, options: &Options) -> Result<Report, 
     let rows = client.query(
         &format!(
             "SELECT target_id, bucket, checks, up_checks,
-                    coalesce(array_lower(latency_histogram, 1), 0), latency_histogram::int4[]
+                    coalesce(array_lower(latency_histogram, 1), 0), latency_histogram::int4[],
+                    probe_faults
              FROM {} WHERE target_id = ANY($1) AND bucket >= $2 AND bucket < $3
              ORDER BY target_id, bucket",
             bucket.table()
@@ -348,7 +355,9 @@ pub fn load(client: &mut postgres::Client, options: &Options) -> Result<Report, 
         return Err(ReportError::NoData { held });
     }
     let mut series: BTreeMap<i32, Vec<(SystemTime, u64, u64, Histogram)>> = BTreeMap::new();
+    let mut probe_faults: BTreeMap<i32, u64> = BTreeMap::new();
     for row in &rows {
+        *probe_faults.entry(row.get(0)).or_default() += row.get::<_, i32>(6) as u64;
         let histogram = Histogram::from_parts(row.get(4), row.get(5));
         series.entry(row.get(0)).or_default().push((
             row.get(1),
@@ -419,7 +428,7 @@ pub fn load(client: &mut postgres::Client, options: &Options) -> Result<Report, 
          CROSS JOIN LATERAL (
              SELECT * FROM checks c
              WHERE c.target_id = t.id AND c.region_id = r.id
-               AND c.checked_at <= $2 AND c.checked_at > $3
+               AND c.checked_at <= $2 AND c.checked_at > $3 AND c.probe_fault IS NULL
              ORDER BY c.checked_at DESC LIMIT 1) c
          ORDER BY t.id, c.checked_at DESC",
         &[&ids, &options.until, &recent],
@@ -472,6 +481,7 @@ pub fn load(client: &mut postgres::Client, options: &Options) -> Result<Report, 
                 target: name.clone(),
                 checks,
                 up_checks,
+                probe_faults: probe_faults.get(id).copied().unwrap_or(0),
                 uptime_pct: if checks == 0 {
                     100.0
                 } else {

@@ -129,6 +129,7 @@ mod tests {
             target: name.into(),
             checks,
             up_checks: up,
+            probe_faults: 0,
             uptime_pct: up as f64 * 100.0 / checks as f64,
             downtime_s: 750.0,
             p50_ms: Some(81.2),

@@ -58,7 +58,20 @@ fn two_days(until: SystemTime) -> Vec<CheckResult> {
     for slot in 0..576u64 {
         let at = start + Duration::from_secs(slot * 300);
         let jitter = random.unit();
-        checks.push(check("steady", at, 40.0 + 20.0 * jitter, Some(200)));
+        // Its checker's network down for its last three slots: probe faults, which say
+        // nothing of it.
+        checks.push(if slot >= 573 {
+            CheckResult {
+                probe_fault: true,
+                error: Some(CheckError {
+                    kind: ErrorKind::Connect,
+                    message: "Failed to connect to steady.example port 443".into(),
+                }),
+                ..check("steady", at, 0.5, None)
+            }
+        } else {
+            check("steady", at, 40.0 + 20.0 * jitter, Some(200))
+        });
         let outage = (300..306).contains(&slot);
         checks.push(if outage {
             check("outage", at, 10_000.0, None)
@@ -133,8 +146,8 @@ fn as_strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
-/// Figures of the raw checks between `since` and `until`, per target: checks, up checks and
-/// the exact p95 (percentile_disc) of those that got a response.
+/// Figures of the raw checks between `since` and `until`, per target, probe faults left out:
+/// checks, up checks and the exact p95 (percentile_disc) of those that got a response.
 async fn raw_figures(
     url: &str,
     since: SystemTime,
@@ -146,7 +159,8 @@ async fn raw_figures(
                 "SELECT target, count(*), count(*) FILTER (WHERE up),
                         (percentile_disc(0.95) WITHIN GROUP (ORDER BY response_time_ms)
                              FILTER (WHERE status_code IS NOT NULL))::float8
-                 FROM check_results WHERE checked_at >= $1 AND checked_at < $2 GROUP BY 1",
+                 FROM check_results
+                 WHERE checked_at >= $1 AND checked_at < $2 AND NOT probe_fault GROUP BY 1",
                 &[&since, &until],
             )
             .unwrap()
@@ -207,6 +221,25 @@ async fn json_and_table_give_the_raw_checks_figures_worst_first() {
         by_name["slow"]["p99_ms"].as_f64().unwrap() > 2000.0,
         "the slow afternoon shows at p99"
     );
+    // The probe faults: counted apart, in no incident (three in a row would be one), and
+    // not the last check shown.
+    let faults = with_client(&db.url, |client| {
+        client
+            .query_one(
+                "SELECT count(*) FROM check_results WHERE target = 'steady' AND probe_fault",
+                &[],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+    })
+    .await;
+    assert_eq!(faults, 3);
+    assert_eq!(by_name["steady"]["probe_faults"], faults);
+    assert_eq!(by_name["steady"]["last"]["up"], true);
+    assert_eq!(by_name["steady"]["last"]["status_code"], 200);
+    for name in ["outage", "slow", "flaky"] {
+        assert_eq!(by_name[name]["probe_faults"], 0, "{name}");
+    }
     assert_eq!(by_name["flaky"]["last"]["up"], false);
     assert_eq!(by_name["flaky"]["last"]["status_code"], 503);
     // Worst first.
@@ -411,6 +444,7 @@ async fn the_html_page_draws_every_target_offline_with_the_json_figures() {
             ("data-p50-ms", "p50_ms"),
             ("data-p95-ms", "p95_ms"),
             ("data-p99-ms", "p99_ms"),
+            ("data-probe-faults", "probe_faults"),
         ] {
             // The same number: serde_json's reader may land one unit in the last place off
             // the shortest form both writers use.
