@@ -97,6 +97,19 @@ pub(super) struct Handover {
     pub(super) session_timeout: Duration,
 }
 
+impl Handover {
+    /// How far back the results topic is read for targets whose longest interval is
+    /// `longest`. Every last slot that decides where a target goes on from is at most the
+    /// catch-up bound and one interval old; a dead member's are older by the session timeout,
+    /// and without them its unchecked slots could not be counted. A fleet publishes about a
+    /// thousand results a second per thousand targets at 1 s, so reading no further than that
+    /// keeps a hand-over's lookup short.
+    pub(super) fn window(&self, longest: Duration) -> Duration {
+        (self.catch_up.max(self.session_timeout) + longest + Duration::from_secs(1))
+            .min(self.lookback)
+    }
+}
+
 /// What a partition holds for this checker.
 pub(super) enum Held {
     /// Being read from its start: the targets seen so far, started once it is read to its end.
@@ -208,19 +221,12 @@ impl TargetsOwner {
         let logger = &self.cx.logger;
         let started = Instant::now();
         let names: HashSet<String> = targets.keys().cloned().collect();
-        // Every last slot that decides where a target goes on from is at most the catch-up
-        // bound and one interval old; a dead member's are older by the session timeout, and
-        // without them its unchecked slots could not be counted. A fleet publishes about a
-        // thousand results a second per thousand targets at 1 s, so reading no further than
-        // that keeps a hand-over's lookup short.
         let longest = targets
             .values()
             .map(|t| t.interval)
             .max()
             .unwrap_or_default();
-        let window =
-            (handover.catch_up.max(handover.session_timeout) + longest + Duration::from_secs(1))
-                .min(handover.lookback);
+        let window = handover.window(longest);
         let since = self.clock.now() - window;
         let found = match fleet::last_slots(
             &handover.results,
@@ -378,4 +384,40 @@ impl Owner for TargetsOwner {
 /// The tracker of the probe's results, and its receiving side.
 pub(super) fn delivery_channel() -> (Acknowledger<Arc<str>>, Acknowledgements<Arc<str>>) {
     ack::channel()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handover(catch_up: u64, session_timeout: u64, lookback: u64) -> Handover {
+        Handover {
+            results: TopicAccess {
+                brokers: "127.0.0.1:9".into(),
+                topic: "checks".into(),
+                options: Default::default(),
+                timeout: Duration::from_secs(1),
+            },
+            lookback: Duration::from_secs(lookback),
+            catch_up: Duration::from_secs(catch_up),
+            session_timeout: Duration::from_secs(session_timeout),
+        }
+    }
+
+    #[test]
+    fn the_lookup_reaches_a_dead_members_last_slots() {
+        let thirty = Duration::from_secs(30);
+        // Shipped settings: a SIGKILLed member's last slots are 45-75 s old at the take-over.
+        assert_eq!(
+            handover(10, 45, 120).window(thirty),
+            Duration::from_secs(76)
+        );
+        // A short session timeout: the catch-up bound decides.
+        assert_eq!(
+            handover(10, 6, 120).window(Duration::from_secs(1)),
+            Duration::from_secs(12)
+        );
+        // Never past handover_lookback.
+        assert_eq!(handover(10, 45, 60).window(thirty), Duration::from_secs(60));
+    }
 }

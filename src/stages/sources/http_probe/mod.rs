@@ -127,6 +127,25 @@ mod tests {
     }
 
     #[test]
+    fn the_session_timeout_is_the_groups() {
+        let topic = |yaml: &str| {
+            serde_norway::from_str::<TargetsTopicConfig>(&format!(
+                "brokers: 127.0.0.1:9092\nfleet: eu\n{yaml}"
+            ))
+            .unwrap()
+        };
+        let seconds = |yaml: &str| super::target::session_timeout(&topic(yaml)).as_secs();
+        assert_eq!(seconds(""), 45, "librdkafka's default");
+        assert_eq!(seconds("options: { session.timeout.ms: 6000 }\n"), 6);
+        assert_eq!(seconds("options: { session.timeout.ms: '10000' }\n"), 10);
+        // KIP-848: the broker's group.consumer.session.timeout.ms, 45 s by default.
+        assert_eq!(
+            seconds("group_protocol: consumer\noptions: { session.timeout.ms: 6000 }\n"),
+            45
+        );
+    }
+
+    #[test]
     fn targets_file_is_read_relative_to_the_pipeline() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(

@@ -337,7 +337,7 @@ fn validate_targets_topic(
 /// How long the fleet's group takes to declare a member dead: `session.timeout.ms` of the
 /// classic protocol, else 45 s (librdkafka's default, and the broker's
 /// `group.consumer.session.timeout.ms` default for KIP-848).
-fn session_timeout(topic: &TargetsTopicConfig) -> Duration {
+pub(super) fn session_timeout(topic: &TargetsTopicConfig) -> Duration {
     const DEFAULT: Duration = Duration::from_secs(45);
     match topic.group_protocol {
         GroupProtocol::Classic => topic
