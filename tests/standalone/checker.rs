@@ -400,6 +400,20 @@ async fn methods_and_bodies_are_sent_as_configured() {
     assert_eq!(results["post"].result.method, "POST");
 }
 
+/// What compiling `yaml` as `checker.yaml` reports; it must fail.
+fn validation_errors(yaml: &str) -> String {
+    pipe::compiler::from_str(
+        "checker.yaml",
+        yaml,
+        &|_| None,
+        &pipeline::registry(),
+        &pipeline::logger(),
+    )
+    .err()
+    .expect("the pipeline must fail validation")
+    .to_string()
+}
+
 #[tokio::test]
 async fn an_invalid_regex_is_a_located_validation_error() {
     let yaml = "\
@@ -416,16 +430,7 @@ sinks:
     type: console
     inputs: [probe]
 ";
-    let errors = pipe::compiler::from_str(
-        "checker.yaml",
-        yaml,
-        &|_| None,
-        &pipeline::registry(),
-        &pipeline::logger(),
-    )
-    .err()
-    .expect("an invalid regex must fail validation");
-    let text = errors.to_string();
+    let text = validation_errors(yaml);
     assert!(
         text.starts_with("checker.yaml:8:9: error: source `probe` (type http_probe): targets[1]: target `broken`: invalid regex:"),
         "{text}"
@@ -518,17 +523,8 @@ sinks:
     type: console
     inputs: [probe]
 ";
-    let errors = pipe::compiler::from_str(
-        "checker.yaml",
-        yaml,
-        &|_| None,
-        &pipeline::registry(),
-        &pipeline::logger(),
-    )
-    .err()
-    .expect("an ftp canary must fail validation");
     assert_eq!(
-        errors.to_string().lines().next().unwrap_or_default(),
+        validation_errors(yaml).lines().next().unwrap_or_default(),
         "checker.yaml:7:9: error: source `probe` (type http_probe): canary[0]: `ftp://canary.example`: unsupported scheme `ftp` in the URL; use http or https"
     );
 }
