@@ -39,6 +39,28 @@ pub fn tls_key(tls: &TlsInfo) -> Uuid {
     Uuid::new_v5(&TLS_KEY_NAMESPACE, name.as_bytes())
 }
 
+/// Whether `a` and `b` have the same [`tls_key`] (every field it names is equal), which is much
+/// cheaper to ask than to work the keys out.
+pub fn same_tls_key(a: &TlsInfo, b: &TlsInfo) -> bool {
+    let TlsInfo {
+        version,
+        cipher,
+        cert_not_before,
+        cert_not_after,
+        cert_issuer,
+        cert_subject,
+        cert_sans,
+        cert_expires_soon: _,
+    } = a;
+    *version == b.version
+        && *cipher == b.cipher
+        && *cert_not_before == b.cert_not_before
+        && *cert_not_after == b.cert_not_after
+        && *cert_issuer == b.cert_issuer
+        && *cert_subject == b.cert_subject
+        && *cert_sans == b.cert_sans
+}
+
 /// A checker's identity: its region (`""` without one) and name.
 pub type CheckerKey = (String, String);
 
@@ -180,5 +202,12 @@ mod tests {
             ..base.clone()
         };
         assert_ne!(tls_key(&more_names), tls_key(&base));
+        for other in [&base, &judged, &renewed, &more_names] {
+            assert_eq!(
+                same_tls_key(&base, other),
+                tls_key(&base) == tls_key(other),
+                "{other:?}"
+            );
+        }
     }
 }

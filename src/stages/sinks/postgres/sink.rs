@@ -115,6 +115,7 @@ impl PostgresSink {
         events: Vec<Event>,
         cutoff_day: Option<i64>,
         acks: &mut Vec<AckHandle>,
+        tls_keys: &mut TlsKeys,
     ) -> (Batch, usize) {
         let mut batch = Batch {
             rows: Vec::with_capacity(events.len()),
@@ -165,7 +166,7 @@ impl PostgresSink {
                     continue;
                 }
             };
-            match Row::from_check(&check) {
+            match Row::from_check(&check, tls_keys) {
                 Ok(row) => {
                     let day = day_of(row.checked_at);
                     if cutoff_day.is_some_and(|cutoff| day < cutoff) {
@@ -234,6 +235,7 @@ impl Sink for PostgresSink {
         let mut next_maintenance = tokio::time::Instant::now() + MAINTENANCE_EVERY;
         let (mut stored, mut dead_lettered) = (0_u64, 0_u64);
         let mut events = Vec::with_capacity(self.config.batch_size);
+        let mut tls_keys = TlsKeys::default();
         let mut batch_started: Option<tokio::time::Instant> = None;
         let mut input_open = true;
         // Batches being written. While one waits for its commit (the WAL flush), the next is
@@ -289,7 +291,12 @@ impl Sink for PostgresSink {
             let cutoff_day =
                 retention.map(|r| day_of(SystemTime::now()) - (r.as_secs() / 86_400) as i64);
             let mut acks = Vec::with_capacity(events.len());
-            let (batch, expired) = self.prepare(std::mem::take(&mut events), cutoff_day, &mut acks);
+            let (batch, expired) = self.prepare(
+                std::mem::take(&mut events),
+                cutoff_day,
+                &mut acks,
+                &mut tls_keys,
+            );
             if expired > 0 {
                 debug!(cx.logger, "checks older than the retention skipped"; "count" => expired);
             }
