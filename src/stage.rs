@@ -160,6 +160,23 @@ impl Output {
         })
     }
 
+    /// Room for one event in every reader's channel if there is some now, without waiting: a
+    /// source holding several events hands them over in one go after a [`Output::reserve`].
+    pub fn try_reserve(&self) -> Result<Option<Permit<'_>>, DownstreamClosed> {
+        let mut permits = Vec::with_capacity(self.senders.len());
+        for sender in &self.senders {
+            match sender.try_reserve() {
+                Ok(permit) => permits.push(permit),
+                Err(mpsc::error::TrySendError::Full(())) => return Ok(None),
+                Err(mpsc::error::TrySendError::Closed(())) => return Err(DownstreamClosed),
+            }
+        }
+        Ok(Some(Permit {
+            permits,
+            sent: &self.sent,
+        }))
+    }
+
     /// Sends `event` to every reader, waiting while any of their channels is full.
     pub async fn send(&mut self, event: Event) -> Result<(), DownstreamClosed> {
         self.sent.inc();

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -35,6 +36,9 @@ pub(super) struct KafkaSource {
     pub(super) max_message_bytes: usize,
     pub(super) stall_timeout: Duration,
 }
+
+/// Most messages taken from librdkafka's queue in one turn of the source's loop.
+const READ_AHEAD: usize = 256;
 
 /// How often the source looks at its partitions' progress: the statistics' own interval.
 pub(super) const STALL_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -295,6 +299,29 @@ impl KafkaSource {
     }
 }
 
+/// `first` and the completions known now, with each run of delivered ones in a partition
+/// folded into its last: storing that offset stores the run (one `store_offset` instead of one
+/// a message). Order within a partition is kept, so a failure still comes after the delivered
+/// completions before it.
+fn coalesced(
+    first: Completion<Partition>,
+    acks: &mut Acknowledgements<Partition>,
+) -> impl Iterator<Item = Completion<Partition>> {
+    let mut done = vec![first];
+    while let Some(next) = acks.try_next() {
+        let last_of_its_partition = done.iter_mut().rev().find(|d| d.stream == next.stream);
+        match last_of_its_partition {
+            Some(last)
+                if last.status == AckStatus::Delivered && next.status == AckStatus::Delivered =>
+            {
+                *last = next;
+            }
+            _ => done.push(next),
+        }
+    }
+    done.into_iter()
+}
+
 /// Asks the broker for the first and end offsets of each suspect, with a consumer of our own
 /// that joins no group (a ListOffsets request, not a fetch). Blocking. It stops at the first
 /// partition the broker does not answer for: a broker that cannot be reached is not a stall.
@@ -348,21 +375,44 @@ impl Source for KafkaSource {
         let mut probe = None;
         let mut stall_warning = RepeatedWarning::default();
 
-        let result: Result<(), BoxError> = loop {
+        // An error that stops the source, once what was read before it is handed over.
+        let mut stopping: Option<KafkaError> = None;
+
+        let result: Result<(), BoxError> = 'read: loop {
             self.absorb_revocations(&mut pending, &mut blocked_since, &mut acks, &logger);
+            if pending.is_empty() {
+                match stopping.take() {
+                    Some(KafkaError::MessageConsumptionFatal(code)) => {
+                        break Err(fatal(code, self.instance_id.as_deref()));
+                    }
+                    Some(e) => break Err(self.unreadable(&e, &logger).await),
+                    None => {}
+                }
+            }
             let paused = self.is_paused();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break Ok(()),
                 () = context.rebalanced.notified() => {}
                 Some(done) = acks.next() => {
-                    if let Err(e) = self.complete(done, &logger) {
+                    if let Err(e) = coalesced(done, &mut acks).try_for_each(|done| self.complete(done, &logger)) {
                         break Err(e);
                     }
                 }
                 permit = out.reserve(), if !pending.is_empty() => {
                     let Ok(permit) = permit else { break Err(crate::stage::DownstreamClosed.into()) };
                     permit.send(pending.pop_front().expect("not empty"));
+                    // What else the pipeline has room for goes now, not one turn of this loop
+                    // each.
+                    loop {
+                        match out.try_reserve() {
+                            Ok(Some(permit)) if !pending.is_empty() => {
+                                permit.send(pending.pop_front().expect("not empty"));
+                            }
+                            Ok(_) => break,
+                            Err(closed) => break 'read Err(closed.into()),
+                        }
+                    }
                     if pending.is_empty() {
                         self.drained(&mut blocked_since, &logger);
                     }
@@ -383,33 +433,46 @@ impl Source for KafkaSource {
                 }
                 // Taken only when the pipeline has room, or while paused: polling then returns
                 // no messages but serves the group, which is what keeps us in it.
-                message = self.consumer.recv(), if pending.is_empty() || paused => match message {
-                    Ok(message) => {
-                        if let Some(lasted) = consumer_errors.cleared(std::time::Instant::now()) {
-                            info!(logger, "consuming again after consumer errors"; "lasted" => duration::format_approx(lasted));
+                message = self.consumer.recv(), if (pending.is_empty() || paused) && stopping.is_none() => {
+                    // Every message already fetched is taken in this turn (up to READ_AHEAD):
+                    // a turn of this loop per message cost more than decoding it.
+                    let mut next = Some(message);
+                    while let Some(message) = next.take() {
+                        match message {
+                            Ok(message) => {
+                                if let Some(lasted) = consumer_errors.cleared(std::time::Instant::now()) {
+                                    info!(logger, "consuming again after consumer errors"; "lasted" => duration::format_approx(lasted));
+                                }
+                                // Settled before tracking: see absorb_revocations.
+                                self.absorb_revocations(&mut pending, &mut blocked_since, &mut acks, &logger);
+                                let event = self.decode(&message);
+                                if let Some(error) = event.dead_letter_error() {
+                                    warn!(logger, "undecodable message: dead letter"; "topic" => message.topic(),
+                                          "partition" => message.partition(), "offset" => message.offset(), "error" => error);
+                                }
+                                let stream = (Arc::from(message.topic()), message.partition());
+                                pending.push_back(event.with_ack(tracker.track(stream, message.offset())));
+                                blocked_since.get_or_insert_with(tokio::time::Instant::now);
+                                if pending.len() < READ_AHEAD {
+                                    next = self.consumer.recv().now_or_never();
+                                }
+                            }
+                            // The messages read before it are handed over first: their
+                            // offsets are committed, and the stop names the first one after.
+                            Err(e) if is_unreadable(&e) || matches!(e, KafkaError::MessageConsumptionFatal(_)) => {
+                                stopping = Some(e);
+                            }
+                            Err(e) => {
+                                let text = kafka::redact(&e.to_string(), &self.consumer.context().log.options);
+                                *context.last_error.lock().expect("not poisoned") = Some(text);
+                                if let Some(report) = consumer_errors.occurred(std::time::Instant::now()) {
+                                    warn!(logger, "consumer error; retrying"; "error" => %e,
+                                          "lasted" => duration::format_approx(report.lasted), "occurrences" => report.occurrences);
+                                }
+                            }
                         }
-                        // Settled before tracking: see absorb_revocations.
-                        self.absorb_revocations(&mut pending, &mut blocked_since, &mut acks, &logger);
-                        let event = self.decode(&message);
-                        if let Some(error) = event.dead_letter_error() {
-                            warn!(logger, "undecodable message: dead letter"; "topic" => message.topic(),
-                                  "partition" => message.partition(), "offset" => message.offset(), "error" => error);
-                        }
-                        let stream = (Arc::from(message.topic()), message.partition());
-                        pending.push_back(event.with_ack(tracker.track(stream, message.offset())));
-                        blocked_since.get_or_insert_with(tokio::time::Instant::now);
                     }
-                    Err(e) if is_unreadable(&e) => break Err(self.unreadable(&e, &logger).await),
-                    Err(KafkaError::MessageConsumptionFatal(code)) => break Err(fatal(code, self.instance_id.as_deref())),
-                    Err(e) => {
-                        let text = kafka::redact(&e.to_string(), &self.consumer.context().log.options);
-                        *context.last_error.lock().expect("not poisoned") = Some(text);
-                        if let Some(report) = consumer_errors.occurred(std::time::Instant::now()) {
-                            warn!(logger, "consumer error; retrying"; "error" => %e,
-                                  "lasted" => duration::format_approx(report.lasted), "occurrences" => report.occurrences);
-                        }
-                    }
-                },
+                }
             }
         };
 
@@ -433,5 +496,44 @@ impl Source for KafkaSource {
         }
         info!(logger, "kafka source stopped");
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn runs_of_delivered_offsets_fold_into_their_last_and_a_failure_stays_behind_them() {
+        let (mut tracker, mut acks) = ack::channel::<Partition>();
+        let (a, b): (Partition, Partition) = ((Arc::from("t"), 0), (Arc::from("t"), 1));
+        let outcomes = [
+            (&a, 10, AckStatus::Delivered),
+            (&b, 20, AckStatus::Delivered),
+            (&a, 11, AckStatus::Delivered),
+            (&a, 12, AckStatus::Delivered),
+            (&b, 21, AckStatus::Failed),
+            (&b, 22, AckStatus::Delivered),
+        ];
+        let handles: Vec<_> = outcomes
+            .iter()
+            .map(|(p, offset, _)| tracker.track((*p).clone(), *offset))
+            .collect();
+        for (handle, (_, _, status)) in handles.into_iter().zip(outcomes) {
+            handle.finish(status);
+        }
+        let first = acks.next().await.expect("a completion");
+        let done: Vec<(i32, i64, AckStatus)> = coalesced(first, &mut acks)
+            .map(|c| (c.stream.1, c.position, c.status))
+            .collect();
+        assert_eq!(
+            done,
+            [
+                (0, 12, AckStatus::Delivered),
+                (1, 20, AckStatus::Delivered),
+                (1, 21, AckStatus::Failed),
+                (1, 22, AckStatus::Delivered),
+            ]
+        );
     }
 }
