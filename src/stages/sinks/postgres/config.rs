@@ -20,9 +20,11 @@ use super::sink::PostgresSink;
 /// Large enough that a backlog's batches hold several checks of each target: a batch's
 /// rollups and incident states cost per target, not per check. Behind a backlog of 1,000,000
 /// checks of 1,000 targets the writer stored 39,868 a second at 1000, 55,471 at 2000 and
-/// 92,800 at 5000. Live, `batch_timeout` cuts batches long before.
+/// 92,800 at 5000 (tansu, 2026-12-01); on Apache Kafka (2026-12-04), 53,833 at 5000 and
+/// 63,853 at 10000, PostgreSQL's CPU a row going from 17.8 to 13.9 µs, for 37 MiB more at
+/// the peak. Live, `batch_timeout` cuts batches long before.
 fn default_batch_size() -> usize {
-    5000
+    10_000
 }
 fn default_batch_timeout() -> Duration {
     Duration::from_millis(200)
@@ -55,7 +57,7 @@ fn default_down_regions() -> u32 {
 pub struct PostgresSinkConfig {
     /// libpq-style URL: `postgres://user:password@host:port/db?sslmode=require&sslrootcert=ca.pem`.
     pub url: String,
-    /// Most events in one transaction. Default 5000.
+    /// Most events in one transaction. Default 10000.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// Longest wait for a batch to fill once it has its first event. Default `200ms`.
