@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::event::Origin;
 use crate::monitor::check::{CheckResult, TlsInfo};
 use crate::monitor::history::dimensions::{self, CheckerKey};
 
@@ -83,6 +84,19 @@ pub(super) struct DeadLetter {
     pub(super) offset: Option<i64>,
     pub(super) error: String,
     pub(super) payload: Vec<u8>,
+}
+
+impl DeadLetter {
+    /// A dead letter of the message at `origin` (none for an event from elsewhere).
+    pub(super) fn at(origin: Option<&Origin>, error: String, payload: Vec<u8>) -> Self {
+        Self {
+            topic: origin.map(|o| o.topic.to_string()),
+            partition: origin.map(|o| o.partition),
+            offset: origin.map(|o| o.offset),
+            error,
+            payload,
+        }
+    }
 }
 
 /// Milliseconds (schema v1) to whole microseconds in an `integer` column.

@@ -129,15 +129,11 @@ impl PostgresSink {
         };
         let mut expired = 0;
         let mut target_names = HashSet::new();
+        let (mut last_checker, mut last_region) = (None, None);
         for event in events {
             let origin = event.origin().cloned();
-            let letter = |error: String, payload: Vec<u8>| DeadLetter {
-                topic: origin.as_ref().map(|o| o.topic.to_string()),
-                partition: origin.as_ref().map(|o| o.partition),
-                offset: origin.as_ref().map(|o| o.offset),
-                error,
-                payload,
-            };
+            let letter =
+                |error: String, payload: Vec<u8>| DeadLetter::at(origin.as_ref(), error, payload);
             if let Some(error) = event.dead_letter_error() {
                 let payload = event.raw().map(|b| b.to_vec()).unwrap_or_default();
                 batch.dead.push(letter(error.to_owned(), payload));
@@ -177,25 +173,29 @@ impl PostgresSink {
                     if let (Some(key), Some(tls)) = (row.tls_key, &check.tls) {
                         batch.tls.entry(key).or_insert_with(|| tls.clone());
                     }
-                    // Cloned once a batch: a backlog brings each target many times.
-                    if let Some(checker) = row
-                        .checker
-                        .as_ref()
-                        .filter(|c| !batch.checkers.contains(*c))
-                    {
-                        batch.checkers.insert(checker.clone());
+                    // Cloned once a batch: a backlog brings each target many times. A batch's
+                    // checks come from a few checkers, so the row before is asked first: a
+                    // compare is cheaper than hashing the key.
+                    if let Some(checker) = row.checker.as_ref() {
+                        if last_checker.as_ref() != Some(checker) {
+                            if !batch.checkers.contains(checker) {
+                                batch.checkers.insert(checker.clone());
+                            }
+                            last_checker = Some(checker.clone());
+                        }
                     }
-                    if !batch.regions.contains(&row.region) {
-                        batch.regions.insert(row.region.clone());
+                    if last_region.as_ref() != Some(&row.region) {
+                        if !batch.regions.contains(&row.region) {
+                            batch.regions.insert(row.region.clone());
+                        }
+                        last_region = Some(row.region.clone());
                     }
                     if !target_names.contains(&check.target) {
                         target_names.insert(check.target.clone());
                         batch.targets.push(TargetRow::of(&check));
                     }
                     // Serialized again only if the database refuses the row.
-                    batch
-                        .sources
-                        .push((letter(String::new(), Vec::new()), check));
+                    batch.sources.push((origin.clone(), check));
                     batch.rows.push(row);
                 }
                 Err(error) => {

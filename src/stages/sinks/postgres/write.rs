@@ -15,6 +15,7 @@ use r2d2::Pool;
 use r2d2_postgres::PostgresConnectionManager;
 use uuid::Uuid;
 
+use crate::event::Origin;
 use crate::monitor::check::CheckResult;
 use crate::monitor::check::TlsInfo;
 use crate::monitor::database;
@@ -410,7 +411,7 @@ pub(super) struct Batch {
     pub(super) targets: Vec<TargetRow>,
     pub(super) dead: Vec<DeadLetter>,
     /// Where each row came from, and the check itself, in case the database refuses it.
-    pub(super) sources: Vec<(DeadLetter, CheckResult)>,
+    pub(super) sources: Vec<(Option<Origin>, CheckResult)>,
     pub(super) days: HashSet<i64>,
     /// The distinct TLS details and checkers of the rows.
     pub(super) tls: HashMap<Uuid, TlsInfo>,
@@ -652,11 +653,11 @@ pub(super) fn write_rows_one_by_one(
             Err(e) if database::is_transient(&e) => return Err(e.into()),
             Err(e) => {
                 savepoint.rollback()?;
-                dead.push(DeadLetter {
-                    error: format!("refused by the database: {}", database::describe(&e)),
-                    payload: serde_json::to_vec(check).unwrap_or_default(),
-                    ..source.clone()
-                });
+                dead.push(DeadLetter::at(
+                    source.as_ref(),
+                    format!("refused by the database: {}", database::describe(&e)),
+                    serde_json::to_vec(check).unwrap_or_default(),
+                ));
             }
         }
     }
