@@ -1,8 +1,8 @@
 //! `postgres`: stores check results (and dead letters) in PostgreSQL, each exactly once.
 //!
 //! Events are cut into batches by `batch_size` and `batch_timeout`; each batch is one
-//! transaction: its targets, its checks (one `INSERT … SELECT unnest(…), …`; a batch holding a
-//! check already stored goes again with `ON CONFLICT DO NOTHING`, so a check delivered twice is
+//! transaction: its targets, its checks (one binary `COPY`; a batch holding a check already
+//! stored goes again with `INSERT … ON CONFLICT DO NOTHING`, so a check delivered twice is
 //! stored once), what the checks it actually inserted add to the hourly and daily rollups
 //! (`rollups`) and to the incidents (`incidents`), and its dead letters. Events are
 //! acknowledged only after the commit.

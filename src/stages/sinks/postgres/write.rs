@@ -85,8 +85,9 @@ SELECT unnest($1::timestamptz[]), unnest($2::int4[]), unnest($3::int4[]), unnest
 /// Stores checks none of which is stored yet, a batch's first attempt, as one binary `COPY`.
 /// A check already stored (a redelivery) fails it with a unique violation, and the batch goes
 /// again with [`INSERT_CHECKS`]. In the common case a conflict check and `RETURNING` would be
-/// work for nothing, and PostgreSQL takes a `COPY` for about half of what the same rows cost it
-/// through `INSERT … unnest` (3.8 against 7.7 µs a check, from its statement log).
+/// work for nothing. PostgreSQL's statement log put a text `COPY` at 3.8 µs a check against
+/// 7.7 through `INSERT … unnest`; in the whole writer the difference stayed inside the noise
+/// of PostgreSQL's CPU a row (BENCHMARKS.md, 2026-12-04).
 pub(super) const COPY_NEW_CHECKS: &str = concat!(
     "COPY checks (",
     check_columns!(),
@@ -246,7 +247,8 @@ pub(super) fn insert_checks(
             .zip(target_ids.iter().zip(&region_ids))
             .map(|(row, (&target, &region))| stored_check(row, (target, region)))
             .collect()),
-        // What the COPY could not encode the insert cannot either, and its error names it.
+        // What the COPY could not encode the insert cannot either, and its error names it
+        // (after an abandoned COPY, the failed transaction's error sends the batch row by row).
         Insert::New => insert_maybe_stored(client, rows, &keys),
         Insert::MaybeStored => insert_maybe_stored(client, rows, &keys),
     }
@@ -260,8 +262,10 @@ struct Keys<'a> {
     regions: &'a [i16],
 }
 
-/// [`COPY_NEW_CHECKS`]: every row, or none. Returns `false`, having sent nothing, if a value
-/// cannot be encoded (none should be: each column's type is checked).
+/// [`COPY_NEW_CHECKS`]: every row, or none. Returns `false` if the rows were not sent: a value
+/// could not be encoded (none should be: each column's type is checked), and nothing was sent;
+/// or the driver's writer did not take the batch (it always does, below), and the abandoned
+/// `COPY` fails the transaction.
 fn copy_new_checks(
     client: &mut impl postgres::GenericClient,
     rows: &[&Row],
