@@ -119,17 +119,13 @@ impl PostgresSink {
     ) -> (Batch, usize) {
         let mut batch = Batch {
             rows: Vec::with_capacity(events.len()),
-            targets: Vec::with_capacity(events.len()),
+            names: Names::default(),
             dead: Vec::new(),
             sources: Vec::with_capacity(events.len()),
             days: HashSet::new(),
             tls: HashMap::new(),
-            checkers: HashSet::new(),
-            regions: HashSet::new(),
         };
         let mut expired = 0;
-        let mut target_names = HashSet::new();
-        let (mut last_checker, mut last_region) = (None, None);
         for event in events {
             let origin = event.origin().cloned();
             let letter =
@@ -162,37 +158,18 @@ impl PostgresSink {
                     continue;
                 }
             };
-            match Row::from_check(&check, tls_keys) {
+            // Before anything is made of it: a check past the retention is not kept, stored or
+            // not (its partition is dropped, or about to be).
+            let day = day_of(check.scheduled_at);
+            if cutoff_day.is_some_and(|cutoff| day < cutoff) {
+                expired += 1;
+                continue;
+            }
+            match Row::from_check(&check, tls_keys, &mut batch.names) {
                 Ok(row) => {
-                    let day = day_of(row.checked_at);
-                    if cutoff_day.is_some_and(|cutoff| day < cutoff) {
-                        expired += 1;
-                        continue;
-                    }
                     batch.days.insert(day);
                     if let (Some(key), Some(tls)) = (row.tls_key, &check.tls) {
                         batch.tls.entry(key).or_insert_with(|| tls.clone());
-                    }
-                    // Cloned once a batch: a backlog brings each target many times. A batch's
-                    // checks come from a few checkers, so the row before is asked first: a
-                    // compare is cheaper than hashing the key.
-                    if let Some(checker) = row.checker.as_ref() {
-                        if last_checker.as_ref() != Some(checker) {
-                            if !batch.checkers.contains(checker) {
-                                batch.checkers.insert(checker.clone());
-                            }
-                            last_checker = Some(checker.clone());
-                        }
-                    }
-                    if last_region.as_ref() != Some(&row.region) {
-                        if !batch.regions.contains(&row.region) {
-                            batch.regions.insert(row.region.clone());
-                        }
-                        last_region = Some(row.region.clone());
-                    }
-                    if !target_names.contains(&check.target) {
-                        target_names.insert(check.target.clone());
-                        batch.targets.push(TargetRow::of(&check));
                     }
                     // Serialized again only if the database refuses the row.
                     batch.sources.push((origin.clone(), check));

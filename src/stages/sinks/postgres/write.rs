@@ -177,13 +177,14 @@ INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, error, payload)
 SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[], $5::bytea[])
 ON CONFLICT DO NOTHING";
 
-/// The ids a batch's rows point to.
+/// The ids a batch's rows point to: of its targets, regions and checkers in the order of its
+/// [`Names`].
 #[derive(Default)]
 pub(super) struct Ids {
-    pub(super) targets: HashMap<String, i32>,
+    pub(super) targets: Vec<i32>,
     pub(super) tls: HashMap<Uuid, i32>,
-    pub(super) checkers: HashMap<CheckerKey, i16>,
-    pub(super) regions: HashMap<String, i16>,
+    pub(super) checkers: Vec<i16>,
+    pub(super) regions: Vec<i16>,
 }
 
 /// What an insert may assume of its checks.
@@ -203,37 +204,21 @@ pub(super) fn insert_checks(
     ids: &Ids,
     insert: Insert,
 ) -> Result<Vec<StoredCheck>, postgres::Error> {
-    let target_ids: Vec<i32> = rows.iter().map(|r| ids.targets[&r.target]).collect();
+    let target_ids: Vec<i32> = rows
+        .iter()
+        .map(|r| ids.targets[r.target as usize])
+        .collect();
     let tls_ids: Vec<Option<i32>> = rows
         .iter()
         .map(|r| r.tls_key.map(|key| ids.tls[&key]))
         .collect();
-    // A batch's checks come from a few checkers: the previous row's id is nearly always
-    // this one's, and a string compare is cheaper than hashing the key again.
-    let mut last_checker: Option<(&CheckerKey, i16)> = None;
     let checker_ids: Vec<Option<i16>> = rows
         .iter()
-        .map(|r| {
-            let key = r.checker.as_ref()?;
-            let id = match last_checker {
-                Some((last, id)) if last == key => id,
-                _ => ids.checkers[key],
-            };
-            last_checker = Some((key, id));
-            Some(id)
-        })
+        .map(|r| r.checker.map(|c| ids.checkers[c as usize]))
         .collect();
-    let mut last_region: Option<(&str, i16)> = None;
     let region_ids: Vec<i16> = rows
         .iter()
-        .map(|r| {
-            let id = match last_region {
-                Some((last, id)) if last == r.region => id,
-                _ => ids.regions[&r.region],
-            };
-            last_region = Some((&r.region, id));
-            id
-        })
+        .map(|r| ids.regions[r.region as usize])
         .collect();
     let keys = Keys {
         targets: &target_ids,
@@ -411,16 +396,14 @@ pub(super) fn insert_dead_letters(
 /// One batch, ready to write.
 pub(super) struct Batch {
     pub(super) rows: Vec<Row>,
-    /// The rows' targets, once each, with the settings of each one's first check.
-    pub(super) targets: Vec<TargetRow>,
+    /// The rows' targets, regions and checkers.
+    pub(super) names: Names,
     pub(super) dead: Vec<DeadLetter>,
     /// Where each row came from, and the check itself, in case the database refuses it.
     pub(super) sources: Vec<(Option<Origin>, CheckResult)>,
     pub(super) days: HashSet<i64>,
-    /// The distinct TLS details and checkers of the rows.
+    /// The distinct TLS details of the rows.
     pub(super) tls: HashMap<Uuid, TlsInfo>,
-    pub(super) checkers: HashSet<CheckerKey>,
-    pub(super) regions: HashSet<String>,
 }
 
 /// What the blocking side keeps between batches.
@@ -494,12 +477,11 @@ pub(super) fn write_batch(
             .filter(|d| !cache.days.contains(d))
             .collect();
         let mut changed = Vec::new();
-        let mut ids = HashMap::new();
-        for target in &batch.targets {
+        // Every one is set before the insert: by the cache, or by the upsert of the changed.
+        let mut ids = vec![0; batch.names.targets.len()];
+        for (target, id) in batch.names.targets.iter().zip(&mut ids) {
             match cache.targets.get(&target.name) {
-                Some((id, known)) if known == target => {
-                    ids.insert(target.name.clone(), *id);
-                }
+                Some((known_id, known)) if known == target => *id = *known_id,
                 _ => changed.push(target.clone()),
             }
         }
@@ -527,8 +509,7 @@ pub(super) fn write_batch(
         hold_rebuild_lock(&mut tx)?;
         // Again on a second attempt: the first one's new targets were rolled back.
         let fresh = upsert_targets(&mut tx, &mut changed)?;
-        ids.targets
-            .extend(fresh.iter().map(|(name, (id, _))| (name.clone(), *id)));
+        set_target_ids(&mut ids.targets, &batch.names, &fresh);
         let stored = match insert_checks(&mut tx, &all, &ids, insert) {
             Ok(stored) => stored,
             Err(e) if database::is_transient(&e) => return Err(e.into()),
@@ -556,6 +537,16 @@ pub(super) fn write_batch(
     }
 }
 
+/// Puts the ids of `fresh` targets at their places in the batch's `Names`.
+fn set_target_ids(ids: &mut [i32], names: &Names, fresh: &[KnownTarget]) {
+    for (name, (id, _)) in fresh {
+        let index = names
+            .target_index(name)
+            .expect("upserted targets are the batch's");
+        ids[index] = *id;
+    }
+}
+
 pub(super) fn hold_rebuild_lock(
     tx: &mut impl postgres::GenericClient,
 ) -> Result<(), postgres::Error> {
@@ -571,60 +562,71 @@ pub(super) struct Written {
     pub(super) committed_at: SystemTime,
 }
 
-/// The ids of the batch's TLS details and checkers, inserting those not stored yet.
+/// The ids of the batch's TLS details, checkers and regions, inserting those not stored yet;
+/// the targets' are left for the transaction.
 pub(super) fn dimension_ids(
     client: &mut postgres::Client,
     cache: &Mutex<Cache>,
     batch: &Batch,
 ) -> Result<Ids, WriteError> {
-    let mut ids = Ids::default();
+    let names = &batch.names;
     let (missing_tls, missing_checkers, missing_regions) = {
         let cache = cache.lock().expect("not poisoned");
         let known = &cache.dimensions;
-        let mut missing_tls = Vec::new();
-        for (key, tls) in &batch.tls {
-            match known.tls.get(key) {
-                Some(id) => {
-                    ids.tls.insert(*key, *id);
-                }
-                None => missing_tls.push((*key, tls)),
-            }
-        }
-        let mut missing_checkers = Vec::new();
-        for key in &batch.checkers {
-            match known.checkers.get(key) {
-                Some(id) => {
-                    ids.checkers.insert(key.clone(), *id);
-                }
-                None => missing_checkers.push(key.clone()),
-            }
-        }
-        let mut missing_regions = Vec::new();
-        for region in &batch.regions {
-            match known.regions.get(region) {
-                Some(id) => {
-                    ids.regions.insert(region.clone(), *id);
-                }
-                None if region.is_empty() => {
-                    ids.regions.insert(String::new(), 0);
-                }
-                None => missing_regions.push(region.clone()),
-            }
-        }
+        let missing_tls: Vec<(Uuid, &TlsInfo)> = batch
+            .tls
+            .iter()
+            .filter(|(key, _)| !known.tls.contains_key(key))
+            .map(|(key, tls)| (*key, tls))
+            .collect();
+        let missing_checkers: Vec<CheckerKey> = names
+            .checkers
+            .iter()
+            .filter(|key| !known.checkers.contains_key(key))
+            .cloned()
+            .collect();
+        let missing_regions: Vec<String> = names
+            .regions
+            .iter()
+            .filter(|region| !region.is_empty() && !known.regions.contains_key(*region))
+            .cloned()
+            .collect();
         (missing_tls, missing_checkers, missing_regions)
     };
-    if missing_tls.is_empty() && missing_checkers.is_empty() && missing_regions.is_empty() {
-        return Ok(ids);
-    }
-    let fresh = dimensions::ensure(client, &missing_tls, &missing_checkers, &missing_regions)?;
-    ids.tls.extend(&fresh.tls);
-    ids.checkers.extend(fresh.checkers.clone());
-    ids.regions.extend(fresh.regions.clone());
-    let mut cache = cache.lock().expect("not poisoned");
-    cache.dimensions.tls.extend(fresh.tls);
-    cache.dimensions.checkers.extend(fresh.checkers);
-    cache.dimensions.regions.extend(fresh.regions);
-    Ok(ids)
+    let cache =
+        if missing_tls.is_empty() && missing_checkers.is_empty() && missing_regions.is_empty() {
+            cache.lock().expect("not poisoned")
+        } else {
+            let fresh =
+                dimensions::ensure(client, &missing_tls, &missing_checkers, &missing_regions)?;
+            let mut cache = cache.lock().expect("not poisoned");
+            cache.dimensions.tls.extend(fresh.tls);
+            cache.dimensions.checkers.extend(fresh.checkers);
+            cache.dimensions.regions.extend(fresh.regions);
+            cache
+        };
+    let known = &cache.dimensions;
+    Ok(Ids {
+        targets: Vec::new(),
+        tls: batch.tls.keys().map(|key| (*key, known.tls[key])).collect(),
+        checkers: names
+            .checkers
+            .iter()
+            .map(|key| known.checkers[key])
+            .collect(),
+        // `""` is always 0 (migration 3).
+        regions: names
+            .regions
+            .iter()
+            .map(|region| {
+                if region.is_empty() {
+                    0
+                } else {
+                    known.regions[region]
+                }
+            })
+            .collect(),
+    })
 }
 
 pub(super) fn write_rows_one_by_one(
@@ -636,15 +638,10 @@ pub(super) fn write_rows_one_by_one(
 ) -> Result<Written, WriteError> {
     let mut tx = client.transaction()?;
     hold_rebuild_lock(&mut tx)?;
-    let mut targets = batch.targets.clone();
+    let mut targets = batch.names.targets.clone();
     let fresh = upsert_targets(&mut tx, &mut targets)?;
-    let ids = Ids {
-        targets: fresh
-            .iter()
-            .map(|(name, (id, _))| (name.clone(), *id))
-            .collect(),
-        ..ids
-    };
+    let mut ids = ids;
+    set_target_ids(&mut ids.targets, &batch.names, &fresh);
     let mut dead = batch.dead.clone();
     let mut stored = Vec::new();
     for (row, (source, check)) in batch.rows.iter().zip(&batch.sources) {
