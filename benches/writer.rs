@@ -2,8 +2,8 @@
 //! memory behind a backlog. Needs the local services: run it through `scripts/bench-writer`.
 //!
 //! ```sh
-//! cargo bench --bench writer -- copy --rows 200000 [--batch-size 10000]
-//! cargo bench --bench writer -- backlog --messages 1000000 [--batch-size 10000]
+//! cargo bench --bench writer -- copy --rows 200000 [--batch-size 20000]
+//! cargo bench --bench writer -- backlog --messages 1000000 [--batch-size 20000]
 //! cargo bench --bench writer -- consume --messages 200000
 //! ```
 //!
@@ -561,10 +561,10 @@ fn main() {
             .map_or(default, |v| v.parse().unwrap())
     };
     match args.first().map(String::as_str) {
-        Some("copy") => copy_mode(number("--rows", 200_000), number("--batch-size", 10_000)),
+        Some("copy") => copy_mode(number("--rows", 200_000), number("--batch-size", 20_000)),
         Some("backlog") => backlog_mode(
             number("--messages", 1_000_000),
-            number("--batch-size", 10_000),
+            number("--batch-size", 20_000),
         ),
         Some("consume") => consume_mode(number("--messages", 200_000)),
         _ => {
