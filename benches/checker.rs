@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo bench --bench checker -- throughput --url http://127.0.0.1:18090/ [--targets 10000]
 //!     [--interval 1s] [--concurrency 64] [--seconds 10] [--metrics on|off] [--sink count|kafka]
+//!     [--linger-ms N]
 //! cargo bench --bench checker -- schedule --url http://127.0.0.1:18090/ [--targets 10000]
 //!     [--interval 20s] [--seconds 60]
 //! cargo bench --bench checker -- libcurl --url http://127.0.0.1:18090/ [--concurrency 64]
@@ -20,7 +21,13 @@
 //! `--sink kafka` runs the checker end to end: every result also goes through the `kafka` sink
 //! (shipped defaults) to a fresh topic on the broker at `KAFKA_BROKERS`, and a check counts
 //! once that sink has it; the sink's backpressure paces the probe. The topic's message count
-//! is read back at the end, so a result that only reached the counting sink would show.
+//! is read back at the end, so a result that only reached the counting sink would show, and
+//! the broker's CPU over the measured window is given a message (the processes named by
+//! `PIPE_KAFKA`: `java` for Apache Kafka). `--linger-ms` sets the sink's `linger.ms` in place of
+//! its default, to compare.
+
+#[path = "support/procfs.rs"]
+mod procfs;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -89,14 +96,14 @@ fn memory_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time this process has used (user and system, all threads), from `/proc/self/stat`.
+/// CPU time this process has used (user and system, all threads).
 fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // USER_HZ is 100 on every Linux target Rust supports.
-    Duration::from_millis(ticks * 10)
+    Duration::from_secs_f64(procfs::cpu_of(std::process::id()).expect("/proc/self/stat"))
+}
+
+/// CPU seconds the broker's processes have used.
+fn broker_cpu() -> f64 {
+    procfs::cpu_seconds(procfs::broker_process())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -288,6 +295,9 @@ fn main() {
         yaml.push_str(&format!(
             "  kafka:\n    type: kafka\n    inputs: [probe]\n    brokers: {brokers}\n    topic: {topic}\n"
         ));
+        if let Some(linger) = options.get("linger-ms") {
+            yaml.push_str(&format!("    options: {{ linger.ms: {linger} }}\n"));
+        }
     }
     std::fs::write(dir.path().join("bench.yaml"), &yaml).unwrap();
 
@@ -296,7 +306,7 @@ fn main() {
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let rss_before = memory_kib("VmRSS:");
-    let (warmup, measured, cpu) = runtime.block_on(async {
+    let (warmup, measured, cpu, broker) = runtime.block_on(async {
         let pipeline = pipe::compiler::load(&dir.path().join("bench.yaml"), &registry, &logger)
             .unwrap_or_else(|d| panic!("{d}"));
         let stop = Arc::new(tokio::sync::Notify::new());
@@ -325,16 +335,17 @@ fn main() {
         ));
         let warmup_end = Instant::now() + Duration::from_secs(3);
         tokio::time::sleep_until(warmup_end.into()).await;
-        let cpu_start = cpu_time();
+        let (cpu_start, broker_start) = (cpu_time(), broker_cpu());
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         let end = Instant::now();
         let cpu = cpu_time() - cpu_start;
+        let broker = broker_cpu() - broker_start;
         stop.notify_one();
         if let Some(scraper) = scraper {
             scraper.abort();
         }
         run.await.unwrap().unwrap();
-        (warmup_end, end, cpu)
+        (warmup_end, end, cpu, broker)
     });
     let seen = seen().lock().unwrap();
     let window: Vec<&Seen> = seen
@@ -353,6 +364,12 @@ fn main() {
         // ended cleanly only once the broker had confirmed them all.
         let in_topic = messages_in(brokers, topic);
         println!("kafka_messages={in_topic} checks_seen={}", seen.len());
+        if !window.is_empty() {
+            println!(
+                "broker_cpu_us_per_message={:.1}",
+                broker * 1e6 / window.len() as f64
+            );
+        }
         assert_eq!(
             in_topic,
             seen.len() as i64,

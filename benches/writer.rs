@@ -11,6 +11,9 @@
 //! the local Apache Kafka. The broker's CPU is that of the processes named by `PIPE_KAFKA`
 //! (`java` for Apache Kafka, `tansu` for tansu).
 
+#[path = "support/procfs.rs"]
+mod procfs;
+
 use std::io::{Read as _, Write as _};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,6 +28,7 @@ use pipe::stage::StageKind;
 use pipe::stages::sinks::postgres::PostgresSinkConfig;
 use pipe::topology::{self, RunOptions};
 use pipe::{BoxError, BuildContext, Event, Fields, Source, SourceContext, StageConfig};
+use procfs::{broker_process, cpu_of, cpu_seconds};
 
 /// `n` typical checks of `targets` HTTPS targets every 30 s, in slot order (as checkers send
 /// them), the last slots just before now: 5% fail (a timeout, no response), the rest answer
@@ -321,39 +325,6 @@ fn copy_mode(rows: usize, batch_size: usize) {
     print_sizes(&sink_url, rows);
 }
 
-/// A process's command name and CPU seconds (user + system, its reaped children's
-/// included), from /proc/PID/stat.
-fn stat_cpu(path: &std::path::Path) -> Option<(String, f64)> {
-    const TICKS: f64 = 100.0; // USER_HZ on Linux
-    let stat = std::fs::read_to_string(path).ok()?;
-    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
-    // After the name come state (field 3 of proc_pid_stat(5)) ... utime, stime, cutime,
-    // cstime (fields 14-17).
-    let ticks: u64 = stat[close + 2..]
-        .split(' ')
-        .skip(11)
-        .take(4)
-        .map(|f| f.parse::<u64>().unwrap_or(0))
-        .sum();
-    Some((stat[open + 1..close].to_owned(), ticks as f64 / TICKS))
-}
-
-fn cpu_of(pid: u32) -> Option<f64> {
-    stat_cpu(&std::path::PathBuf::from(format!("/proc/{pid}/stat"))).map(|(_, cpu)| cpu)
-}
-
-/// CPU seconds so far of the processes whose command name starts with `name`. PostgreSQL's
-/// backends and workers that exited meanwhile are in the postmaster's children's time.
-fn cpu_seconds(name: &str) -> f64 {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| stat_cpu(&entry.path().join("stat")))
-        .filter(|(command, _)| command.starts_with(name))
-        .map(|(_, cpu)| cpu)
-        .sum()
-}
-
 fn rss_kib(pid: u32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
@@ -468,14 +439,6 @@ fn stored_by_rollups(url: &str) -> i64 {
         })
         .map(|r| r.get(0))
         .unwrap_or(-1)
-}
-
-/// The command name of the broker's processes, for their CPU time.
-fn broker_process() -> &'static str {
-    match std::env::var("PIPE_KAFKA").as_deref() {
-        Ok("tansu") => "tansu",
-        _ => "java",
-    }
 }
 
 fn backlog_mode(messages: usize, batch_size: usize) {

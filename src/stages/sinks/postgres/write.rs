@@ -179,7 +179,6 @@ ON CONFLICT DO NOTHING";
 
 /// The ids a batch's rows point to: of its targets, regions and checkers in the order of its
 /// [`Names`].
-#[derive(Default)]
 pub(super) struct Ids {
     pub(super) targets: Vec<i32>,
     pub(super) tls: HashMap<Uuid, i32>,
@@ -451,11 +450,11 @@ pub(super) fn upsert_targets(
     let mut fresh = Vec::with_capacity(targets.len());
     for row in client.query(UPSERT_TARGETS, &[&names, &urls, &methods, &regexes])? {
         let (id, name): (i32, String) = (row.get(0), row.get(1));
-        let target = targets
-            .iter()
-            .find(|t| t.name == name)
+        // Sorted above: a search per row, not a scan (the first batch brings every target).
+        let at = targets
+            .binary_search_by(|t| t.name.as_str().cmp(name.as_str()))
             .expect("returned names were sent");
-        fresh.push((name, (id, target.clone())));
+        fresh.push((name, (id, targets[at].clone())));
     }
     Ok(fresh)
 }
@@ -632,7 +631,7 @@ pub(super) fn dimension_ids(
 pub(super) fn write_rows_one_by_one(
     cache: &Mutex<Cache>,
     batch: &Batch,
-    ids: Ids,
+    mut ids: Ids,
     thresholds: Thresholds,
     client: &mut postgres::Client,
 ) -> Result<Written, WriteError> {
@@ -640,7 +639,6 @@ pub(super) fn write_rows_one_by_one(
     hold_rebuild_lock(&mut tx)?;
     let mut targets = batch.names.targets.clone();
     let fresh = upsert_targets(&mut tx, &mut targets)?;
-    let mut ids = ids;
     set_target_ids(&mut ids.targets, &batch.names, &fresh);
     let mut dead = batch.dead.clone();
     let mut stored = Vec::new();
