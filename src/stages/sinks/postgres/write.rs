@@ -399,7 +399,7 @@ pub(super) struct Batch {
     pub(super) names: Names,
     pub(super) dead: Vec<DeadLetter>,
     /// Where each row came from, and the check itself, in case the database refuses it.
-    pub(super) sources: Vec<(Option<Origin>, CheckResult)>,
+    pub(super) sources: Vec<(Option<Origin>, Box<CheckResult>)>,
     pub(super) days: HashSet<i64>,
     /// The distinct TLS details of the rows.
     pub(super) tls: HashMap<Uuid, TlsInfo>,
