@@ -36,7 +36,7 @@ pub fn tls_key(tls: &TlsInfo) -> Uuid {
         name.push('\0');
         name.push_str(san);
     }
-    Uuid::new_v5(&TLS_KEY_NAMESPACE, name.as_bytes())
+    crate::monitor::check::name_based_uuid(&TLS_KEY_NAMESPACE, &[name.as_bytes()])
 }
 
 /// Whether `a` and `b` have the same [`tls_key`] (every field it names is equal), which is much
