@@ -1,4 +1,4 @@
-//! Criterion micro-benchmarks of the per-check hot paths: encoding a result, the regex
+//! Criterion micro-benchmarks of the per-check hot paths: encoding and decoding a result, the regex
 //! transform, a user's own transform (`examples/custom_stage.rs`, the README's stage), and the
 //! executor's cost per event. Run: `cargo bench --bench hot_paths`.
 
@@ -121,6 +121,24 @@ fn encoding(c: &mut Criterion) {
             b.iter(|| {
                 let fields = black_box(detailed.clone()).into_fields();
                 black_box(serde_json::to_vec(&fields).unwrap())
+            })
+        },
+    );
+}
+
+/// What the writer's `kafka` source does with each message of a checker: JSON bytes to the
+/// typed check (`decode_payload`, `format: check_v1`, is this call and a version check).
+fn decoding(c: &mut Criterion) {
+    let plain = serde_json::to_vec(&result()).unwrap();
+    c.bench_function("decode result (JSON bytes -> struct)", |b| {
+        b.iter(|| black_box(serde_json::from_slice::<CheckResult>(black_box(&plain)).unwrap()))
+    });
+    let detailed = serde_json::to_vec(&result_with_tls()).unwrap();
+    c.bench_function(
+        "decode result with TLS details and checker identity (JSON bytes -> struct)",
+        |b| {
+            b.iter(|| {
+                black_box(serde_json::from_slice::<CheckResult>(black_box(&detailed)).unwrap())
             })
         },
     );
@@ -272,5 +290,5 @@ fn custom_stage(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, encoding, regex, custom_stage, executor);
+criterion_group!(benches, encoding, decoding, regex, custom_stage, executor);
 criterion_main!(benches);
