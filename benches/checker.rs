@@ -29,6 +29,13 @@
 #[path = "support/procfs.rs"]
 mod procfs;
 
+/// The allocator the `pipe` binary ships with (src/main.rs), so that the checker measured here
+/// allocates as the one that runs in production does; glibc's malloc took 2–3% of the
+/// checker's CPU in `_int_malloc` and `_int_free` alone. The memory figures of BENCHMARKS.md
+/// up to 2026-12-07 were taken on glibc's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
