@@ -554,14 +554,18 @@ mod tests {
             check_id("a", t),
             check_id("a", t + Duration::from_millis(1))
         );
-        // Pinned: the id of a check must never change between releases.
+        // Pinned: the id of a check must never change between releases. The values are
+        // Python's `uuid.uuid5` of the same namespace and names, an implementation not ours
+        // (this compared the id with the sample's, made by the same function, until
+        // 2026-12-07).
+        let at = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
         assert_eq!(
-            check_id(
-                "example",
-                UNIX_EPOCH + Duration::from_millis(1_795_000_000_123)
-            )
-            .to_string(),
-            sample().check_id.to_string()
+            check_id("example", at).to_string(),
+            "8dd41c64-4b20-5463-b3e3-3c22ced15eb2"
+        );
+        assert_eq!(
+            check_id_in("example", at, Some("eu-west")).to_string(),
+            "b94a85da-24ea-5015-9f12-da716d7bded7"
         );
         assert_eq!(check_id("a", t).get_version_num(), 5);
         // A region makes another check of the same slot; none keeps the id it always had.
