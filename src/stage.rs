@@ -150,31 +150,25 @@ impl Output {
     /// [`Output::send`], this can be abandoned (in a `select!`) without losing an event: the
     /// event is handed over only once there is room, with [`Permit::send`].
     pub async fn reserve(&self) -> Result<Permit<'_>, DownstreamClosed> {
-        let mut permits = Vec::with_capacity(self.senders.len());
+        let mut permit = Permit::new(&self.sent);
         for sender in &self.senders {
-            permits.push(sender.reserve().await.map_err(|_| DownstreamClosed)?);
+            permit.hold(sender.reserve().await.map_err(|_| DownstreamClosed)?);
         }
-        Ok(Permit {
-            permits,
-            sent: &self.sent,
-        })
+        Ok(permit)
     }
 
     /// Room for one event in every reader's channel if there is some now, without waiting: a
     /// source holding several events hands them over in one go after a [`Output::reserve`].
     pub fn try_reserve(&self) -> Result<Option<Permit<'_>>, DownstreamClosed> {
-        let mut permits = Vec::with_capacity(self.senders.len());
+        let mut permit = Permit::new(&self.sent);
         for sender in &self.senders {
             match sender.try_reserve() {
-                Ok(permit) => permits.push(permit),
+                Ok(room) => permit.hold(room),
                 Err(mpsc::error::TrySendError::Full(())) => return Ok(None),
                 Err(mpsc::error::TrySendError::Closed(())) => return Err(DownstreamClosed),
             }
         }
-        Ok(Some(Permit {
-            permits,
-            sent: &self.sent,
-        }))
+        Ok(Some(permit))
     }
 
     /// Sends `event` to every reader, waiting while any of their channels is full.
@@ -197,23 +191,49 @@ impl Output {
 
 /// Room for one event in every reader's channel, from [`Output::reserve`].
 pub struct Permit<'a> {
-    permits: Vec<mpsc::Permit<'a, Event>>,
+    /// The first reader's room, held inline: most stages have one reader, and a `Vec` for it
+    /// was an allocation for every event.
+    first: Option<mpsc::Permit<'a, Event>>,
+    /// The other readers' (fan-out); empty, so never allocated, with one reader.
+    rest: Vec<mpsc::Permit<'a, Event>>,
     sent: &'a Counter,
 }
 
-impl Permit<'_> {
+impl<'a> Permit<'a> {
+    fn new(sent: &'a Counter) -> Self {
+        Self {
+            first: None,
+            rest: Vec::new(),
+            sent,
+        }
+    }
+
+    fn hold(&mut self, room: mpsc::Permit<'a, Event>) {
+        if self.first.is_none() {
+            self.first = Some(room);
+        } else {
+            self.rest.push(room);
+        }
+    }
+
     /// Hands `event` (a copy to each reader) over, without waiting.
     pub fn send(self, event: Event) {
         self.sent.inc();
-        let mut permits = self.permits;
-        let Some(last) = permits.pop() else {
+        let Some(first) = self.first else {
             event.discard();
             return;
         };
-        for permit in permits {
-            permit.send(event.clone());
+        let mut rest = self.rest;
+        match rest.pop() {
+            None => first.send(event),
+            Some(last) => {
+                first.send(event.clone());
+                for permit in rest {
+                    permit.send(event.clone());
+                }
+                last.send(event);
+            }
         }
-        last.send(event);
     }
 }
 
@@ -270,5 +290,58 @@ pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn event(n: u64) -> Event {
+        Event::new(crate::event::Fields::from_iter([(
+            "n".to_owned(),
+            Value::from(n),
+        )]))
+    }
+
+    fn output(readers: usize, capacity: usize) -> (Output, Vec<mpsc::Receiver<Event>>) {
+        let (senders, receivers) = (0..readers).map(|_| mpsc::channel(capacity)).unzip();
+        (Output::new(senders, Counter::default()), receivers)
+    }
+
+    #[tokio::test]
+    async fn a_permit_hands_each_reader_the_event() {
+        for readers in [1, 2, 3] {
+            let (out, mut receivers) = output(readers, 4);
+            out.reserve().await.unwrap().send(event(1));
+            out.try_reserve().unwrap().expect("room").send(event(2));
+            for receiver in &mut receivers {
+                let got: Vec<_> = [receiver.try_recv(), receiver.try_recv()]
+                    .into_iter()
+                    .map(|e| e.expect("an event").get("n").cloned())
+                    .collect();
+                assert_eq!(
+                    got,
+                    [Some(Value::from(1)), Some(Value::from(2))],
+                    "{readers} readers"
+                );
+                assert!(receiver.try_recv().is_err(), "one copy each");
+            }
+            assert_eq!(out.sent.get(), 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn try_reserve_waits_for_room_in_every_reader() {
+        let (out, mut receivers) = output(2, 1);
+        out.try_reserve().unwrap().expect("room").send(event(1));
+        // The second reader's channel is full: no room, and the first keeps its own.
+        let _ = receivers[0].try_recv();
+        assert!(out.try_reserve().unwrap().is_none());
+        let _ = receivers[1].try_recv();
+        assert!(out.try_reserve().unwrap().is_some());
+        drop(receivers);
+        assert!(out.try_reserve().is_err(), "readers gone");
     }
 }
