@@ -206,19 +206,20 @@ pub fn check_id_in(target: &str, scheduled_at: SystemTime, region: Option<&str>)
         .as_millis();
     // The name is `target\nmillis` or `target\nmillis\nregion`, hashed in parts.
     let mut digits = [0_u8; 39]; // u128::MAX has 39 digits
-    let written = {
+    let unwritten = {
         let mut cursor = &mut digits[..];
         write!(cursor, "{millis}").expect("39 bytes hold any u128");
-        39 - cursor.len()
+        cursor.len()
     };
-    let millis = &digits[..written];
-    match region {
-        None => name_based_uuid(&CHECK_ID_NAMESPACE, &[target.as_bytes(), b"\n", millis]),
-        Some(region) => name_based_uuid(
-            &CHECK_ID_NAMESPACE,
-            &[target.as_bytes(), b"\n", millis, b"\n", region.as_bytes()],
-        ),
-    }
+    let millis = &digits[..digits.len() - unwritten];
+    let (separator, region): (&[u8], &[u8]) = match region {
+        None => (b"", b""),
+        Some(region) => (b"\n", region.as_bytes()),
+    };
+    name_based_uuid(
+        &CHECK_ID_NAMESPACE,
+        &[target.as_bytes(), b"\n", millis, separator, region],
+    )
 }
 
 /// RFC 9562's name-based UUID (version 5, SHA-1) of the name made of `parts` in `namespace`:
