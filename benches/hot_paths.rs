@@ -1,6 +1,6 @@
-//! Criterion micro-benchmarks of the per-check hot paths: encoding and decoding a result, the regex
-//! transform, a user's own transform (`examples/custom_stage.rs`, the README's stage), and the
-//! executor's cost per event. Run: `cargo bench --bench hot_paths`.
+//! Criterion micro-benchmarks of the per-check hot paths: encoding and decoding a result, the
+//! regex transform, a user's own transform (`examples/custom_stage.rs`, the README's stage),
+//! and the executor's cost per event. Run: `cargo bench --bench hot_paths`.
 
 use std::hint::black_box;
 use std::time::{Duration, UNIX_EPOCH};

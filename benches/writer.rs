@@ -176,12 +176,11 @@ fn copy_rows(from: &str, to: &str) -> (Duration, f64) {
     transfer("checks", "checked_at, target_id, start_delay_ms, response_time_us, dns_us, connect_us, tls_us, first_byte_us, transfer_us, body_bytes, remote_port, tls_id, error_kind, latency_class, region_id, checker_id, status_code, http_version, up, regex_matched, cert_expires_soon, remote_ip, check_id, error_message, captures", "checked_at, target_id")
 }
 
-/// The rate of [`copy_rows`] from `from` (holding `rows` checks), three times, each into a fresh
-/// database: the runs, and their median. One COPY alone swung from 155,000 to 288,000 rows/s
-/// between runs (a checkpoint, or autovacuum of the writer's fresh rows, beside it or not).
-///
-/// Each COPY's PostgreSQL CPU a row is printed beside its wall time a row: a COPY whose rate
-/// moves while its CPU does not waited for something else (the disk, another tenant).
+/// The rate of [`copy_rows`] from `from` (holding `rows` checks), three times, each
+/// into a fresh database: the runs, their median rate, and their median PostgreSQL CPU a row.
+/// One COPY alone swung from 138,000 to 378,000 rows/s between runs. Each COPY's PostgreSQL
+/// CPU a row is printed beside its wall time a row: equal, they say the COPY was bound by one
+/// core, whose speed is what moved (BENCHMARKS.md, 2026-12-07); apart, that it waited.
 fn copy_rates(from: &str, rows: i64) -> (String, f64, f64) {
     let runs: Vec<(Duration, f64)> = (0..3)
         .map(|_| {
@@ -551,8 +550,9 @@ fn backlog_mode(messages: usize, batch_size: usize) {
         rate / copy_rate
     );
     // The same comparison made of CPU alone: what two cores could do at the writer's CPU a
-    // row, against what one could do at the COPY's. Waits (the disk, other tenants of the
-    // machine) move the rates above from run to run; they do not move this.
+    // row, against what one could do at the COPY's. Waits do not move it; the machine's speed
+    // moves both sides, though not always in step. The writer's rate against its own side
+    // says how well it uses the two cores.
     let writer_cpu = (pipe_cpu + broker_cpu + postgres_cpu) / stored as f64;
     println!(
         "by CPU alone: writer {:.1} us a row on two cores, COPY {:.1} us a row on one: writer / COPY = {:.2}",
