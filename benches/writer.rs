@@ -173,7 +173,7 @@ fn copy_rows(from: &str, to: &str) -> (Duration, f64) {
     );
     transfer("checkers", "region, name", "id");
     // In the order the writer inserted them (slot order), as a loader would.
-    transfer("checks", "checked_at, target_id, start_delay_ms, response_time_us, dns_us, connect_us, tls_us, first_byte_us, transfer_us, body_bytes, remote_port, tls_id, error_kind, latency_class, region_id, checker_id, status_code, http_version, up, regex_matched, cert_expires_soon, remote_ip, check_id, error_message, captures", "checked_at, target_id")
+    transfer("checks", "checked_at, target_id, start_delay_ms, response_time_us, dns_us, connect_us, tls_us, first_byte_us, transfer_us, body_bytes, remote_port, tls_id, error_kind, latency_class, region_id, checker_id, status_code, http_version, up, regex_matched, cert_expires_soon, remote_ip, check_id, error_message, captures, probe_fault", "checked_at, target_id")
 }
 
 /// The rate of [`copy_rows`] from `from` (holding `rows` checks), three times, each
